@@ -1,0 +1,365 @@
+"""The validated settings model.
+
+Why pydantic-settings: one declaration gives types, defaults, range checks, the
+TOML file source and ``SEGNODE__SECTION__KEY`` environment overrides. Every
+model forbids unknown keys, so a typo in a site's file is an error that names
+the key instead of a silently ignored option. The defaults here and the values
+in ``config/node.toml`` are the same; a test keeps them so.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+from pydicom.datadict import tag_for_keyword
+
+from config.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path(__file__).with_name("node.toml")
+ENV_PREFIX = "SEGNODE__"
+
+# DICOM AE titles: 1-16 characters of the default character repertoire, no
+# backslash, no leading or trailing spaces (PS3.5 6.2, VR AE).
+AeTitle = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=16, pattern=r"^[!-\[\]-~]([ -\[\]-~]*[!-\[\]-~])?$"),
+]
+Port = Annotated[int, Field(ge=1, le=65535)]
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Peer(_Section):
+    """A DICOM peer the node knows: a PACS, a modality, a workstation."""
+
+    name: Annotated[str, StringConstraints(min_length=1)]
+    ae_title: AeTitle
+    host: str | None = None
+    """If set, an association from this AE title must come from this address."""
+    port: Port | None = None
+
+
+class ListenerSettings(_Section):
+    """The DICOM SCP (``segnode serve``)."""
+
+    ae_title: AeTitle = "SEGNODE"
+    extra_ae_titles: list[AeTitle] = ["SEGNODE_PUSH"]
+    host: str = "127.0.0.1"
+    port: Port = 11112
+    require_called_ae: bool = True
+    restrict_calling_ae: bool = False
+    max_associations: Annotated[int, Field(ge=1, le=1000)] = 10
+    acse_timeout_s: PositiveSeconds = 30.0
+    dimse_timeout_s: PositiveSeconds = 60.0
+    network_timeout_s: PositiveSeconds = 120.0
+    max_pdu_bytes: Annotated[int, Field(ge=0)] = 262144
+
+    @property
+    def called_ae_titles(self) -> frozenset[str]:
+        """Every AE title the node answers to."""
+        return frozenset([self.ae_title, *self.extra_ae_titles])
+
+
+class DuplicatePolicy(StrEnum):
+    """What to do when a SOP Instance UID arrives again with different bytes.
+
+    An identical re-send is always acknowledged and ignored.
+    """
+
+    KEEP_FIRST = "keep_first"
+    KEEP_NEWEST = "keep_newest"
+
+
+class SqliteSynchronous(StrEnum):
+    FULL = "FULL"
+    NORMAL = "NORMAL"
+
+
+class StorageSettings(_Section):
+    """Where instances, quarantine and the database live."""
+
+    data_dir: Path = Path("segnode-data")
+    database_url: str = ""
+    min_free_disk_mb: Annotated[int, Field(ge=0)] = 1024
+    duplicates: DuplicatePolicy = DuplicatePolicy.KEEP_FIRST
+    fsync: bool = True
+    sqlite_synchronous: SqliteSynchronous = SqliteSynchronous.FULL
+
+    def resolved_database_url(self) -> str:
+        """The configured URL, or the embedded SQLite database under ``data_dir``."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'segnode.db').resolve()}"
+
+
+class DeadlineAction(StrEnum):
+    """What happens when a study's forced deadline passes before it is complete."""
+
+    PROCEED = "proceed"
+    DISCARD = "discard"
+    WAIT = "wait"
+
+
+class LateSeriesPolicy(StrEnum):
+    """What happens to instances that arrive after their study fired."""
+
+    NEW_JOB = "new_job"
+    ATTACH = "attach"
+
+
+class CompletionPolicy(_Section):
+    """When a study counts as complete (DICOM itself never says)."""
+
+    series_quiet_s: PositiveSeconds = 30.0
+    study_quiet_s: PositiveSeconds = 60.0
+    association_release_hint: bool = True
+    release_grace_s: Annotated[float, Field(ge=0)] = 10.0
+    required_series: list[str] = []
+    deadline_s: PositiveSeconds = 3600.0
+    deadline_action: DeadlineAction = DeadlineAction.PROCEED
+
+
+class CompletionSettings(_Section):
+    check_interval_s: PositiveSeconds = 1.0
+    late_series: LateSeriesPolicy = LateSeriesPolicy.NEW_JOB
+    profiles: dict[str, CompletionPolicy] = {"default": CompletionPolicy()}
+    role_patterns: dict[str, str] = {
+        "t1": r"(?i)\bt1(?!.*(post|gad|\+c|\bkm\b|contrast|kontrast|\bce\b))",
+        "t1c": r"(?i)\bt1.*(post|gad|\+c|\bkm\b|contrast|kontrast|\bce\b)|\bt1c",
+        "t2": r"(?i)\bt2(?!.*(flair|\bir\b))",
+        "flair": r"(?i)flair|\bt2.*\bir\b",
+    }
+
+    @field_validator("profiles")
+    @classmethod
+    def _has_default(cls, profiles: dict[str, CompletionPolicy]) -> dict[str, CompletionPolicy]:
+        if "default" not in profiles:
+            raise ValueError("a profile named 'default' is required")
+        return profiles
+
+    @field_validator("role_patterns")
+    @classmethod
+    def _patterns_compile(cls, patterns: dict[str, str]) -> dict[str, str]:
+        for role, pattern in patterns.items():
+            _compile(pattern, f"role_patterns.{role}")
+        return patterns
+
+    @model_validator(mode="after")
+    def _required_roles_known(self) -> CompletionSettings:
+        for name, profile in self.profiles.items():
+            unknown = set(profile.required_series) - set(self.role_patterns)
+            if unknown:
+                raise ValueError(
+                    f"profiles.{name}.required_series names {sorted(unknown)}, "
+                    f"which are not in role_patterns ({sorted(self.role_patterns)})"
+                )
+        return self
+
+
+class RoutingAction(StrEnum):
+    PROCESS = "process"
+    IGNORE = "ignore"
+
+
+def _compile(pattern: str, where: str) -> re.Pattern[str]:
+    if len(pattern) > 500:
+        raise ValueError(f"{where}: pattern longer than 500 characters")
+    try:
+        return re.compile(pattern, re.IGNORECASE)
+    except re.error as exc:
+        raise ValueError(f"{where}: invalid regular expression: {exc}") from exc
+
+
+class TagCondition(_Section):
+    """One test on DICOM attributes, by keyword.
+
+    Exactly one of ``equals``, ``one_of``, ``matches`` (a case-insensitive
+    regular expression, searched) or ``present`` is given. With several tags
+    the condition holds when any of them satisfies it. Nothing is evaluated as
+    code.
+    """
+
+    tag: list[str]
+    equals: str | None = None
+    one_of: list[str] | None = None
+    matches: str | None = None
+    present: bool | None = None
+    negate: bool = False
+
+    @field_validator("tag", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("tag")
+    @classmethod
+    def _known_keywords(cls, tags: list[str]) -> list[str]:
+        if not tags:
+            raise ValueError("at least one tag keyword is required")
+        for keyword in tags:
+            if tag_for_keyword(keyword) is None:
+                raise ValueError(f"{keyword!r} is not a DICOM keyword (e.g. 'BodyPartExamined')")
+        return tags
+
+    @model_validator(mode="after")
+    def _exactly_one_test(self) -> TagCondition:
+        given = [
+            name
+            for name in ("equals", "one_of", "matches", "present")
+            if getattr(self, name) is not None
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of equals/one_of/matches/present (got {given or 'none'})"
+            )
+        if self.matches is not None:
+            _compile(self.matches, "matches")
+        return self
+
+
+class RoutingRule(_Section):
+    """A named rule: when every condition holds, the study gets ``action``.
+
+    ``called_ae``/``calling_ae`` restrict the rule to associations addressed to
+    (or coming from) those AE titles; empty means any.
+    """
+
+    name: Annotated[str, StringConstraints(min_length=1)]
+    called_ae: list[AeTitle] = []
+    calling_ae: list[AeTitle] = []
+    all_of: list[TagCondition] = []
+    any_of: list[TagCondition] = []
+    action: RoutingAction = RoutingAction.PROCESS
+    completion: str = "default"
+
+
+class RoutingSettings(_Section):
+    default_action: RoutingAction = RoutingAction.IGNORE
+    rules: list[RoutingRule] = []
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> RoutingSettings:
+        names = [rule.name for rule in self.rules]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"rule names must be unique, repeated: {duplicates}")
+        return self
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+
+
+class Settings(BaseSettings):
+    """Everything the node reads at start; loaded once and passed down."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    toml_source_path: ClassVar[Path | None] = None
+    """The TOML file this class reads; set on a per-load subclass by load_settings."""
+
+    listener: ListenerSettings = ListenerSettings()
+    peers: list[Peer] = []
+    storage: StorageSettings = StorageSettings()
+    completion: CompletionSettings = CompletionSettings()
+    routing: RoutingSettings = RoutingSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Settings:
+        profiles = self.completion.profiles
+        for index, rule in enumerate(self.routing.rules):
+            if rule.completion not in profiles:
+                raise ValueError(
+                    f"routing.rules[{index}] ({rule.name!r}): completion profile "
+                    f"{rule.completion!r} is not defined under completion.profiles"
+                )
+        titles = [peer.ae_title for peer in self.peers]
+        if len(set(titles)) != len(titles):
+            raise ValueError("peers: each AE title may be listed once")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Precedence, highest first: command line, environment, the TOML file.
+        toml_file = getattr(settings_cls, "toml_source_path", None)
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+
+def _describe(error: Any) -> str:
+    location = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown option (check the spelling against config/node.toml)"
+    value = error.get("input")
+    shown = "" if isinstance(value, dict | list) or value is None else f" (got {value!r})"
+    return f"{location}: {message}{shown}"
+
+
+def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Read the configuration file, environment and overrides into :class:`Settings`.
+
+    Args:
+        path: a TOML file; ``None`` reads the default ``config/node.toml``.
+        overrides: nested values from the command line, e.g.
+            ``{"listener": {"port": 104}}``; they win over the file and env.
+
+    Raises:
+        ConfigError: naming the file and each invalid key with the reason.
+    """
+    toml_path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    if not toml_path.is_file():
+        raise ConfigError(f"configuration file {toml_path} does not exist")
+    try:
+        with toml_path.open("rb") as handle:
+            tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{toml_path}: not valid TOML: {exc}") from exc
+
+    file_settings = type("Settings", (Settings,), {"toml_source_path": toml_path})
+    try:
+        settings: Settings = file_settings(**(overrides or {}))
+    except ValidationError as exc:
+        problems = "; ".join(_describe(error) for error in exc.errors())
+        raise ConfigError(
+            f"invalid configuration ({toml_path}, {ENV_PREFIX}* environment): {problems}"
+        ) from exc
+    return settings

@@ -1,0 +1,1 @@
+"""DICOM networking and the service: listener, completion, routing, jobs, CLI."""

@@ -1,0 +1,284 @@
+"""The ``segnode`` command line (typer).
+
+Each command loads the configuration once and passes it down; nothing reads
+global state. Tests call these commands through typer's ``CliRunner``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from sqlalchemy import func, select
+
+from config.errors import ConfigError
+from config.settings import Settings, load_settings
+from node.dicom_header import CAPTURED_KEYWORDS, capture_attributes
+from node.logs import configure_logging
+from node.routing import SeriesFacts, route_study, rule_keywords
+from storage.models import Job, JobEvent, QuarantinedInstance, Series, Study
+
+app = typer.Typer(no_args_is_help=True, help="segnode: DICOM brain-tumour segmentation node.")
+rules_app = typer.Typer(no_args_is_help=True, help="Routing rules.")
+db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
+jobs_app = typer.Typer(no_args_is_help=True, help="Jobs.")
+app.add_typer(rules_app, name="rules")
+app.add_typer(db_app, name="db")
+app.add_typer(jobs_app, name="jobs")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML configuration file (default: config/node.toml)."),
+]
+DataDirOption = Annotated[
+    Path | None, typer.Option("--data-dir", help="Store and SQLite database live under DIR.")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _settings(config: Path | None, overrides: dict[str, Any] | None = None) -> Settings:
+    try:
+        return load_settings(config, overrides)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def _data_dir_override(data_dir: Path | None) -> dict[str, Any]:
+    return {"storage": {"data_dir": str(data_dir)}} if data_dir is not None else {}
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
+    port: Annotated[int | None, typer.Option(help="DICOM port.")] = None,
+    ae_title: Annotated[str | None, typer.Option("--ae-title", help="Node AE title.")] = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Run the DICOM listener and the completion monitor until stopped."""
+    from node.service import serve_forever
+
+    listener = {
+        key: value
+        for key, value in (("host", host), ("port", port), ("ae_title", ae_title))
+        if value is not None
+    }
+    overrides = _data_dir_override(data_dir) | ({"listener": listener} if listener else {})
+    settings = _settings(config, overrides)
+    configure_logging(settings.logging.level, settings.logging.format)
+    serve_forever(settings)
+
+
+@app.command("check-config")
+def check_config(config: ConfigOption = None) -> None:
+    """Validate the configuration and print it as JSON."""
+    settings = _settings(config)
+    typer.echo(settings.model_dump_json(indent=2))
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
+    """Create or migrate the database schema to the newest version."""
+    from node.service import open_storage
+    from storage.database import current_revision
+
+    engine, _, _ = open_storage(_settings(config, _data_dir_override(data_dir)))
+    typer.echo(f"database at revision {current_revision(engine)}")
+    engine.dispose()
+
+
+def _dicom_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    return sorted(candidate for candidate in path.rglob("*") if candidate.is_file())
+
+
+@rules_app.command("test")
+def rules_test(
+    path: Annotated[Path, typer.Argument(help="A DICOM file or a folder of them.")],
+    config: ConfigOption = None,
+    called_ae: Annotated[
+        str | None, typer.Option("--called-ae", help="Pretend it was sent to this AE title.")
+    ] = None,
+    calling_ae: Annotated[
+        str | None, typer.Option("--calling-ae", help="Pretend it came from this AE title.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show which routing rule matches each study in PATH, and why."""
+    settings = _settings(config)
+    keywords = CAPTURED_KEYWORDS + rule_keywords(settings.routing)
+    called = called_ae or settings.listener.ae_title
+    studies: dict[str, dict[str, SeriesFacts]] = defaultdict(dict)
+    skipped = 0
+    for file in _dicom_files(path):
+        try:
+            dataset = dcmread(file, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, ValueError):
+            skipped += 1
+            continue
+        study_uid, series_uid = (
+            str(dataset.get("StudyInstanceUID", "")),
+            str(dataset.get("SeriesInstanceUID", "")),
+        )
+        if series_uid not in studies[study_uid]:
+            studies[study_uid][series_uid] = SeriesFacts(
+                series_instance_uid=series_uid,
+                attributes=capture_attributes(dataset, keywords),
+                called_ae_titles=frozenset([called]),
+                calling_ae_titles=frozenset([calling_ae] if calling_ae else []),
+            )
+    report = []
+    for study_uid, series in studies.items():
+        decision = route_study(settings.routing, list(series.values()))
+        report.append(
+            {
+                "study_instance_uid": study_uid,
+                "series": [
+                    {
+                        "series_instance_uid": uid,
+                        "description": facts.attributes.get("SeriesDescription"),
+                    }
+                    for uid, facts in series.items()
+                ],
+                "action": decision.action.value,
+                "rule": decision.rule,
+                "completion_profile": decision.completion_profile,
+                "explanation": decision.explanation,
+                "evaluations": [
+                    {"rule": e.rule, "matched": e.matched, "reasons": e.reasons}
+                    for e in decision.evaluations
+                ],
+            }
+        )
+    if as_json:
+        typer.echo(json.dumps({"studies": report, "unreadable_files": skipped}, indent=2))
+        return
+    for entry in report:
+        typer.echo(f"study {entry['study_instance_uid']}: {entry['action'].upper()}")
+        typer.echo(f"  {entry['explanation']} (completion profile {entry['completion_profile']!r})")
+        for evaluation in entry["evaluations"]:
+            mark = "MATCH" if evaluation["matched"] else "no"
+            typer.echo(f"  rule {evaluation['rule']!r}: {mark}")
+            for reason in evaluation["reasons"]:
+                typer.echo(f"      {reason}")
+    if skipped:
+        typer.echo(f"{skipped} file(s) were not readable DICOM and were skipped", err=True)
+
+
+def _open_sessions(config: Path | None, data_dir: Path | None) -> Any:
+    from node.service import open_storage
+
+    _, sessions, _ = open_storage(_settings(config, _data_dir_override(data_dir)))
+    return sessions
+
+
+@app.command()
+def studies(
+    config: ConfigOption = None, data_dir: DataDirOption = None, as_json: JsonOption = False
+) -> None:
+    """List received studies with their completion state."""
+    sessions = _open_sessions(config, data_dir)
+    with sessions() as session:
+        rows = session.execute(
+            select(Study, func.count(Series.id))
+            .join(Series, Series.study_id == Study.id, isouter=True)
+            .group_by(Study.id)
+            .order_by(Study.id)
+        ).all()
+        entries = [
+            {
+                "id": study.id,
+                "study_instance_uid": study.study_instance_uid,
+                "state": study.state,
+                "series": count,
+                "instances": study.received_instances,
+                "last_received_at": study.last_received_at.isoformat(),
+                "reason": study.state_reason,
+            }
+            for study, count in rows
+        ]
+        quarantined = session.execute(select(func.count(QuarantinedInstance.id))).scalar_one()
+    if as_json:
+        typer.echo(json.dumps({"studies": entries, "quarantined": quarantined}, indent=2))
+        return
+    for entry in entries:
+        typer.echo(
+            f"{entry['id']:>5}  {entry['state']:<10} {entry['series']:>3} series "
+            f"{entry['instances']:>6} instances  {entry['study_instance_uid']}\n"
+            f"       {entry['reason']}"
+        )
+    typer.echo(f"{quarantined} instance(s) in quarantine")
+
+
+@jobs_app.command("list")
+def jobs_list(
+    config: ConfigOption = None, data_dir: DataDirOption = None, as_json: JsonOption = False
+) -> None:
+    """List jobs."""
+    sessions = _open_sessions(config, data_dir)
+    with sessions() as session:
+        entries = [
+            {
+                "id": job.id,
+                "study_id": job.study_id,
+                "state": job.state,
+                "rule": job.routing_rule,
+                "created_at": job.created_at.isoformat(),
+                "trigger": job.trigger,
+            }
+            for job in session.execute(select(Job).order_by(Job.id)).scalars()
+        ]
+    if as_json:
+        typer.echo(json.dumps(entries, indent=2))
+        return
+    for entry in entries:
+        typer.echo(
+            f"{entry['id']:>5}  study {entry['study_id']:>5}  {entry['state']:<12} {entry['trigger']}"
+        )
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: int, config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
+    """Show one job with its event log."""
+    sessions = _open_sessions(config, data_dir)
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            typer.echo(f"error: no job {job_id}", err=True)
+            raise typer.Exit(1)
+        events = session.execute(
+            select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
+        ).scalars()
+        payload = {
+            "id": job.id,
+            "study_id": job.study_id,
+            "state": job.state,
+            "trigger": job.trigger,
+            "routing_rule": job.routing_rule,
+            "events": [
+                {
+                    "at": e.at.isoformat(),
+                    "kind": e.kind,
+                    "duration_s": e.duration_s,
+                    "detail": e.detail,
+                }
+                for e in events
+            ],
+        }
+    typer.echo(json.dumps(payload, indent=2))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

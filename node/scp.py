@@ -1,0 +1,299 @@
+"""The DICOM listener: pynetdicom Storage and Verification SCP.
+
+Why the checks live in an ``EVT_REQUESTED`` handler rather than in pynetdicom's
+``require_called_aet``: the node answers to several AE titles (``SEGNODE`` and
+``SEGNODE_PUSH`` on the same port), pynetdicom compares against one, and the
+calling-AE allow-list also checks the peer's address. Rejections are sent with
+the standard reasons and recorded. Everything heavier than writing the
+instance happens elsewhere: the peer waits for our C-STORE response.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import uuid
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.association import Association
+from pynetdicom.events import Event
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy.orm import Session, sessionmaker
+
+from config.settings import ListenerSettings, Peer
+from node.logs import log_context
+from node.receiver import STATUS_PROCESSING_FAILURE, InstanceReceiver, Sender
+from storage.ingest import close_association, open_association, record_node_event
+from storage.models import AssociationOutcome
+
+log = logging.getLogger(__name__)
+
+# Every transfer syntax a PACS may send that the pipeline can decode (python-gdcm,
+# pyjpegls and pylibjpeg are installed for the compressed ones).
+ACCEPTED_TRANSFER_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    HTJ2K,
+    RLELossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+]
+
+# A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4.
+REJECT_CALLING_AE = (0x01, 0x01, 0x03)
+REJECT_CALLED_AE = (0x01, 0x01, 0x07)
+
+
+@dataclass
+class _AssociationState:
+    association_id: str
+    calling_ae: str
+    called_ae: str
+    stored: int = 0
+    failed: int = 0
+    outcome: AssociationOutcome = AssociationOutcome.ABORTED
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def rejection_reason(
+    listener: ListenerSettings, peers: list[Peer], called_ae: str, calling_ae: str, address: str
+) -> tuple[tuple[int, int, int], str] | None:
+    """Why an association request must be rejected, or None to accept it."""
+    if listener.require_called_ae and called_ae not in listener.called_ae_titles:
+        return REJECT_CALLED_AE, f"called AE title {called_ae!r} is not this node's"
+    if listener.restrict_calling_ae:
+        known = {peer.ae_title: peer for peer in peers}
+        peer = known.get(calling_ae)
+        if peer is None:
+            return REJECT_CALLING_AE, f"calling AE title {calling_ae!r} is not a known peer"
+        if peer.host is not None and peer.host != address:
+            return REJECT_CALLING_AE, (
+                f"calling AE title {calling_ae!r} is known, but not from address {address}"
+            )
+    return None
+
+
+class StorageSCP:
+    """Runs the listener in background threads until :meth:`stop`."""
+
+    def __init__(
+        self,
+        listener: ListenerSettings,
+        peers: list[Peer],
+        receiver: InstanceReceiver,
+        sessions: sessionmaker[Session],
+        on_association_closed: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._listener = listener
+        self._peers = peers
+        self._receiver = receiver
+        self._sessions = sessions
+        self._on_closed = on_association_closed
+        self._states: weakref.WeakKeyDictionary[Association, _AssociationState] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._server: ThreadedAssociationServer | None = None
+        self.ae = self._build_ae()
+
+    def _build_ae(self) -> AE:
+        ae = AE(ae_title=self._listener.ae_title)
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification, ACCEPTED_TRANSFER_SYNTAXES[:3])
+        ae.require_called_aet = False  # checked in _on_requested, against several titles
+        ae.maximum_associations = self._listener.max_associations
+        ae.acse_timeout = self._listener.acse_timeout_s
+        ae.dimse_timeout = self._listener.dimse_timeout_s
+        ae.network_timeout = self._listener.network_timeout_s
+        ae.maximum_pdu_size = self._listener.max_pdu_bytes
+        return ae
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when configured as 0)."""
+        if self._server is None:
+            raise RuntimeError("listener not started")
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        handlers = [
+            (evt.EVT_CONN_OPEN, self._on_connection_open),
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_RELEASED, self._on_released),
+            (evt.EVT_CONN_CLOSE, self._on_connection_close),
+        ]
+        self._server = self.ae.start_server(
+            (self._listener.host, self._listener.port), block=False, evt_handlers=handlers
+        )
+        log.info(
+            "DICOM listener started",
+            extra={
+                "ae_titles": sorted(self._listener.called_ae_titles),
+                "host": self._listener.host,
+                "port": self.port,
+            },
+        )
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        self.ae.shutdown()
+
+    # -- handlers ---------------------------------------------------------
+
+    def _on_connection_open(self, event: Event) -> None:
+        # pynetdicom leaves Nagle on; our small C-STORE responses then wait for
+        # the peer's delayed ACK (~40 ms each on loopback).
+        sock = event.assoc.dul.socket
+        if sock is not None and sock.socket is not None:
+            sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _on_requested(self, event: Event) -> None:
+        assoc = event.assoc
+        called = str(assoc.requestor.primitive.called_ae_title).strip()
+        calling = str(assoc.requestor.primitive.calling_ae_title).strip()
+        address = str(assoc.requestor.address)
+        rejection = rejection_reason(self._listener, self._peers, called, calling, address)
+        if rejection is None:
+            # Answer with the title the peer called, whichever of ours it was.
+            assoc.acceptor.ae_title = called
+            return
+        (result, source, diagnostic), reason = rejection
+        log.warning(
+            "association rejected: %s",
+            reason,
+            extra={"calling_ae": calling, "called_ae": called, "peer_address": address},
+        )
+        with self._sessions.begin() as session:
+            record_node_event(
+                session,
+                "association_rejected",
+                {"reason": reason, "calling_ae": calling, "called_ae": called, "address": address},
+            )
+        assoc.acse.send_reject(result, source, diagnostic)
+        evt.trigger(assoc, evt.EVT_REJECTED, {})
+        assoc.kill()
+
+    def _on_accepted(self, event: Event) -> None:
+        assoc = event.assoc
+        state = _AssociationState(
+            association_id=str(uuid.uuid4()),
+            calling_ae=str(assoc.requestor.ae_title).strip(),
+            called_ae=str(assoc.acceptor.ae_title).strip(),
+        )
+        self._states[assoc] = state
+        with self._sessions.begin() as session:
+            open_association(
+                session,
+                state.association_id,
+                calling_ae=state.calling_ae,
+                called_ae=state.called_ae,
+                peer_address=str(assoc.requestor.address),
+                peer_port=int(assoc.requestor.port),
+            )
+        log.info(
+            "association accepted",
+            extra={
+                "association_id": state.association_id,
+                "calling_ae": state.calling_ae,
+                "called_ae": state.called_ae,
+                "peer_address": str(assoc.requestor.address),
+            },
+        )
+
+    def _on_store(self, event: Event) -> int:
+        state = self._states.get(event.assoc)
+        if state is None:  # pragma: no cover - pynetdicom only stores on accepted associations
+            return STATUS_PROCESSING_FAILURE
+        request = event.request
+        with log_context(association_id=state.association_id, calling_ae=state.calling_ae):
+            file_bytes = _part10_bytes(event)
+            outcome = self._receiver.receive(
+                file_bytes,
+                command_sop_class_uid=str(request.AffectedSOPClassUID),
+                command_sop_instance_uid=str(request.AffectedSOPInstanceUID),
+                sender=Sender(state.association_id, state.calling_ae, state.called_ae),
+            )
+        with state.lock:
+            if outcome.status == 0:
+                state.stored += 1
+            else:
+                state.failed += 1
+        return outcome.status
+
+    def _on_released(self, event: Event) -> None:
+        state = self._states.get(event.assoc)
+        if state is not None:
+            state.outcome = AssociationOutcome.RELEASED
+
+    def _on_connection_close(self, event: Event) -> None:
+        state = self._states.pop(event.assoc, None)
+        if state is None:
+            return  # rejected before acceptance: already recorded
+        with self._sessions.begin() as session:
+            close_association(
+                session, state.association_id, state.outcome, state.stored, state.failed
+            )
+        log.info(
+            "association closed",
+            extra={
+                "association_id": state.association_id,
+                "calling_ae": state.calling_ae,
+                "outcome": str(state.outcome),
+                "stored": state.stored,
+                "failed": state.failed,
+            },
+        )
+        self._on_closed()
+
+
+def _part10_bytes(event: Event) -> bytes:
+    """The received dataset as a DICOM file: preamble, our file meta, the bytes as sent.
+
+    The dataset is not decoded and re-encoded, so the stored file carries exactly
+    the bytes the sender transmitted.
+    """
+    buffer = DicomBytesIO()
+    buffer.write(b"\x00" * 128 + b"DICM")
+    meta = event.file_meta
+    meta.SourceApplicationEntityTitle = str(event.assoc.requestor.ae_title).strip()
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    return bytes(buffer.getvalue()) + event.encoded_dataset(include_meta=False)

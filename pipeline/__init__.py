@@ -1,0 +1,1 @@
+"""Imaging and model steps (selection, conversion, preprocessing, network, outputs)."""

@@ -1,0 +1,235 @@
+"""SQLAlchemy 2 models: what the node received, and what it decided.
+
+Why this shape: a study's completion state lives here, not in memory, so a
+restart in the middle of a transfer resumes where it was; jobs carry an
+append-only event log so every decision can be audited afterwards. Times are
+stored as naive UTC (SQLite has no time zones) and read back as aware UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+UID_LENGTH = 64
+AE_LENGTH = 16
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on every backend."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UtcDateTime, dict[str, Any]: JSON}
+
+
+class StudyState(StrEnum):
+    RECEIVING = "receiving"
+    COMPLETE = "complete"
+    IGNORED = "ignored"
+    DISCARDED = "discarded"
+
+
+class AssociationOutcome(StrEnum):
+    OPEN = "open"
+    RELEASED = "released"
+    ABORTED = "aborted"
+    INTERRUPTED = "interrupted"
+    """The node stopped while the association was open."""
+
+
+class JobState(StrEnum):
+    RECEIVED = "received"
+    SELECTING = "selecting"
+    CONVERTING = "converting"
+    PREPROCESSING = "preprocessing"
+    INFERRING = "inferring"
+    WRITING = "writing"
+    SENDING = "sending"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Association(Base):
+    __tablename__ = "associations"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    calling_ae: Mapped[str] = mapped_column(String(AE_LENGTH))
+    called_ae: Mapped[str] = mapped_column(String(AE_LENGTH))
+    peer_address: Mapped[str] = mapped_column(String(64))
+    peer_port: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None]
+    outcome: Mapped[str] = mapped_column(String(16), default=AssociationOutcome.OPEN)
+    instances_stored: Mapped[int] = mapped_column(Integer, default=0)
+    instances_failed: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Study(Base):
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH), unique=True)
+    state: Mapped[str] = mapped_column(String(16), default=StudyState.RECEIVING, index=True)
+    state_reason: Mapped[str | None] = mapped_column(Text)
+    state_changed_at: Mapped[datetime]
+    first_received_at: Mapped[datetime]
+    last_received_at: Mapped[datetime]
+    received_instances: Mapped[int] = mapped_column(Integer, default=0)
+    times_fired: Mapped[int] = mapped_column(Integer, default=0)
+    routing_rule: Mapped[str | None] = mapped_column(String(128))
+    deadline_passed_at: Mapped[datetime | None]
+
+    series: Mapped[list[Series]] = relationship(back_populates="study", order_by="Series.id")
+
+
+class Series(Base):
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH), unique=True)
+    modality: Mapped[str | None] = mapped_column(String(16))
+    series_number: Mapped[int | None] = mapped_column(Integer)
+    series_description: Mapped[str | None] = mapped_column(String(128))
+    attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    """Header attributes captured from the first instance (routing, selection)."""
+    first_received_at: Mapped[datetime]
+    last_received_at: Mapped[datetime]
+    instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    study: Mapped[Study] = relationship(back_populates="series")
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH), unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    file_path: Mapped[str] = mapped_column(String(512))
+    """Relative to the store root."""
+    calling_ae: Mapped[str] = mapped_column(String(AE_LENGTH))
+    called_ae: Mapped[str] = mapped_column(String(AE_LENGTH))
+    association_id: Mapped[str | None] = mapped_column(ForeignKey("associations.id"), index=True)
+    received_at: Mapped[datetime]
+
+
+class StudyAssociation(Base):
+    """Which associations delivered to which study: the release hint needs it."""
+
+    __tablename__ = "study_associations"
+
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), primary_key=True)
+    association_id: Mapped[str] = mapped_column(
+        ForeignKey("associations.id"), primary_key=True, index=True
+    )
+
+
+class QuarantinedInstance(Base):
+    __tablename__ = "quarantine"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    quarantined_at: Mapped[datetime]
+    reason: Mapped[str] = mapped_column(Text)
+    status_code: Mapped[int] = mapped_column(Integer)
+    """The DIMSE status the sender got (0 when the instance was acknowledged)."""
+    file_path: Mapped[str] = mapped_column(String(512))
+    """Relative to the quarantine root."""
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH), index=True)
+    sop_class_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH))
+    calling_ae: Mapped[str | None] = mapped_column(String(AE_LENGTH))
+    association_id: Mapped[str | None] = mapped_column(String(36))
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    state: Mapped[str] = mapped_column(String(16), default=JobState.RECEIVED, index=True)
+    trigger: Mapped[str] = mapped_column(Text)
+    """Why the study fired, in words (the completion decision)."""
+    routing_rule: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    failed_step: Mapped[str | None] = mapped_column(String(32))
+    error: Mapped[str | None] = mapped_column(Text)
+
+    events: Mapped[list[JobEvent]] = relationship(order_by="JobEvent.id")
+
+
+class JobSeries(Base):
+    __tablename__ = "job_series"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), primary_key=True)
+
+
+class JobEvent(Base):
+    """Append-only: a database trigger refuses UPDATE and DELETE."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    at: Mapped[datetime]
+    kind: Mapped[str] = mapped_column(String(32))
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class NodeEvent(Base):
+    """What the node decided outside a job: rejections, quarantine, completion, disk."""
+
+    __tablename__ = "node_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime]
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    study_id: Mapped[int | None] = mapped_column(ForeignKey("studies.id"), index=True)
+    association_id: Mapped[str | None] = mapped_column(String(36))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+Index("ix_studies_state_last", Study.state, Study.last_received_at)
