@@ -149,10 +149,9 @@ def read_instance_header(
         InvalidInstanceError: with the DIMSE failure status and the reason.
     """
     try:
+        # Element values stay raw until used: converting all of them (Philips
+        # headers carry ~600 private elements) would cost more than the write.
         dataset = dcmread(BytesIO(file_bytes))
-        # Touch every element now so a malformed value fails here, not in the pipeline.
-        for _element in dataset.iterall():
-            pass
     except Exception as exc:  # noqa: BLE001 - any parse failure means "cannot understand"
         raise InvalidInstanceError(
             STATUS_CANNOT_UNDERSTAND, f"not a readable DICOM dataset: {type(exc).__name__}: {exc}"

@@ -25,11 +25,13 @@ from node.errors import InvalidInstanceError
 from storage.filestore import FileStore
 from storage.ingest import (
     InstanceRecord,
+    RecordedInstance,
     find_instance,
     record_instance,
     record_node_event,
     record_quarantine,
     replace_instance,
+    stored_fingerprint,
 )
 from storage.models import utc_now
 
@@ -39,6 +41,7 @@ STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_PROCESSING_FAILURE = 0xC211
 _LOCK_STRIPES = 64
+_CACHE_ENTRIES = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +78,11 @@ class InstanceReceiver:
         # two associations racing with different content cannot interleave.
         self._stripes = [threading.Lock() for _ in range(_LOCK_STRIPES)]
         self._disk_low = False
+        # A series never changes study, so its ids can be cached; saves four
+        # queries per instance. Bounded, and only ever a shortcut.
+        self._series_ids: dict[str, tuple[int, int]] = {}
+        self._linked: set[tuple[str | None, str]] = set()
+        self._cache_lock = threading.Lock()
 
     def receive(
         self,
@@ -146,24 +154,43 @@ class InstanceReceiver:
         record = self._record(header, sha256, len(file_bytes), str(relative), sender, utc_now())
 
         with self._sessions() as session:
-            existing = find_instance(session, header.sop_instance_uid)
-            existing_sha = existing.sha256 if existing else None
-            existing_path = existing.file_path if existing else None
-        if existing_sha == sha256:
-            log.debug("identical re-send acknowledged", extra={"sop_uid": header.sop_instance_uid})
-            return StoreOutcome(STATUS_SUCCESS, "identical duplicate ignored")
-        if existing_path is not None:
+            existing = stored_fingerprint(session, header.sop_instance_uid)
+        if existing is not None:
+            existing_sha, existing_path = existing
+            if existing_sha == sha256:
+                log.debug(
+                    "identical re-send acknowledged", extra={"sop_uid": header.sop_instance_uid}
+                )
+                return StoreOutcome(STATUS_SUCCESS, "identical duplicate ignored")
             return self._different_duplicate(file_bytes, record, existing_path)
 
         self._store.write_instance(relative, file_bytes)
+        known_ids = self._series_ids.get(header.series_instance_uid)
+        link_key = (sender.association_id, header.study_instance_uid)
         try:
             with self._sessions.begin() as session:
-                recorded = record_instance(session, record)
+                recorded = record_instance(
+                    session,
+                    record,
+                    known_ids=known_ids,
+                    link_association=link_key not in self._linked,
+                )
         except IntegrityError:
             # Another process recorded the same SOP Instance UID in between.
             log.warning("concurrent duplicate SOP Instance UID; re-evaluating")
             return self._store_and_record(file_bytes, header, sender)
+        self._remember(header.series_instance_uid, recorded, link_key)
         return StoreOutcome(STATUS_SUCCESS, "stored", recorded.study_id)
+
+    def _remember(
+        self, series_uid: str, recorded: RecordedInstance, link_key: tuple[str | None, str]
+    ) -> None:
+        with self._cache_lock:
+            if len(self._series_ids) > _CACHE_ENTRIES:
+                self._series_ids.clear()
+                self._linked.clear()
+            self._series_ids[series_uid] = (recorded.study_id, recorded.series_id)
+            self._linked.add(link_key)
 
     def _different_duplicate(
         self, file_bytes: bytes, record: InstanceRecord, existing_path: str

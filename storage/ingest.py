@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, select, update
+from sqlalchemy import Table, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -115,23 +115,47 @@ def _series_id(session: Session, study_id: int, record: InstanceRecord) -> int:
 
 
 def _touch_study_and_series(
-    session: Session, study_id: int, series_id: int, record: InstanceRecord, count: int
+    session: Session,
+    study_id: int,
+    series_id: int,
+    record: InstanceRecord,
+    count: int,
+    link_association: bool = True,
 ) -> str | None:
     """Advance counters and timers; reopen a study that had already been decided."""
-    state = session.execute(select(Study.state).where(Study.id == study_id)).scalar_one()
-    reopened_from = None if state == StudyState.RECEIVING else state
-    study_values: dict[str, Any] = {
+    counters: dict[str, Any] = {
         "last_received_at": record.received_at,
         "received_instances": Study.received_instances + count,
     }
-    if reopened_from is not None:
-        study_values |= {
-            "state": StudyState.RECEIVING,
-            "state_reason": f"reopened: an instance arrived after the study was {reopened_from}",
-            "state_changed_at": record.received_at,
-            "deadline_passed_at": None,
-        }
-    session.execute(update(Study).where(Study.id == study_id).values(**study_values))
+    # Common case first: the study is still receiving (one statement, no read).
+    touched = session.execute(
+        update(Study)
+        .where(Study.id == study_id, Study.state == StudyState.RECEIVING)
+        .values(**counters)
+    ).rowcount  # type: ignore[attr-defined]
+    reopened_from = None
+    if touched == 0:
+        reopened_from = session.execute(
+            select(Study.state).where(Study.id == study_id)
+        ).scalar_one()
+        session.execute(
+            update(Study)
+            .where(Study.id == study_id)
+            .values(
+                **counters,
+                state=StudyState.RECEIVING,
+                state_reason=f"reopened: an instance arrived after the study was {reopened_from}",
+                state_changed_at=record.received_at,
+                deadline_passed_at=None,
+            )
+        )
+        record_node_event(
+            session,
+            "study_reopened",
+            {"previous_state": reopened_from, "series_instance_uid": record.series_instance_uid},
+            study_id=study_id,
+            association_id=record.association_id,
+        )
     session.execute(
         update(Series)
         .where(Series.id == series_id)
@@ -141,19 +165,11 @@ def _touch_study_and_series(
             size_bytes=Series.size_bytes + record.size_bytes * count,
         )
     )
-    if record.association_id is not None:
+    if record.association_id is not None and link_association:
         _insert_ignoring_conflict(
             session,
             StudyAssociation.__table__,  # type: ignore[arg-type]
             {"study_id": study_id, "association_id": record.association_id},
-        )
-    if reopened_from is not None:
-        record_node_event(
-            session,
-            "study_reopened",
-            {"previous_state": reopened_from, "series_instance_uid": record.series_instance_uid},
-            study_id=study_id,
-            association_id=record.association_id,
         )
     return reopened_from
 
@@ -164,27 +180,54 @@ def find_instance(session: Session, sop_instance_uid: str) -> Instance | None:
     ).scalar_one_or_none()
 
 
-def record_instance(session: Session, record: InstanceRecord) -> RecordedInstance:
-    """Add a new instance row, creating its study and series rows on first sight."""
-    study_id = _study_id(session, record)
-    series_id = _series_id(session, study_id, record)
-    instance = Instance(
-        series_id=series_id,
-        sop_instance_uid=record.sop_instance_uid,
-        sop_class_uid=record.sop_class_uid,
-        transfer_syntax_uid=record.transfer_syntax_uid,
-        size_bytes=record.size_bytes,
-        sha256=record.sha256,
-        file_path=record.file_path,
-        calling_ae=record.calling_ae,
-        called_ae=record.called_ae,
-        association_id=record.association_id,
-        received_at=record.received_at,
+def stored_fingerprint(session: Session, sop_instance_uid: str) -> tuple[str, str] | None:
+    """``(sha256, file_path)`` of a stored instance, or None (one indexed read)."""
+    row = session.execute(
+        select(Instance.sha256, Instance.file_path).where(
+            Instance.sop_instance_uid == sop_instance_uid
+        )
+    ).first()
+    return None if row is None else (row[0], row[1])
+
+
+def record_instance(
+    session: Session,
+    record: InstanceRecord,
+    known_ids: tuple[int, int] | None = None,
+    link_association: bool = True,
+) -> RecordedInstance:
+    """Add a new instance row, creating its study and series rows on first sight.
+
+    Args:
+        known_ids: ``(study_id, series_id)`` when the caller already knows the
+            series (a series never moves to another study), saving four queries.
+        link_association: False when the caller knows the association is already
+            linked to the study.
+    """
+    if known_ids is None:
+        study_id = _study_id(session, record)
+        series_id = _series_id(session, study_id, record)
+    else:
+        study_id, series_id = known_ids
+    instance_id = session.execute(
+        insert(Instance).values(
+            series_id=series_id,
+            sop_instance_uid=record.sop_instance_uid,
+            sop_class_uid=record.sop_class_uid,
+            transfer_syntax_uid=record.transfer_syntax_uid,
+            size_bytes=record.size_bytes,
+            sha256=record.sha256,
+            file_path=record.file_path,
+            calling_ae=record.calling_ae,
+            called_ae=record.called_ae,
+            association_id=record.association_id,
+            received_at=record.received_at,
+        )
+    ).inserted_primary_key[0]
+    reopened_from = _touch_study_and_series(
+        session, study_id, series_id, record, count=1, link_association=link_association
     )
-    session.add(instance)
-    session.flush()
-    reopened_from = _touch_study_and_series(session, study_id, series_id, record, count=1)
-    return RecordedInstance(study_id, series_id, instance.id, reopened_from)
+    return RecordedInstance(study_id, series_id, int(instance_id), reopened_from)
 
 
 def replace_instance(
