@@ -146,10 +146,10 @@ class CompletionSettings(_Section):
     late_series: LateSeriesPolicy = LateSeriesPolicy.NEW_JOB
     profiles: dict[str, CompletionPolicy] = {"default": CompletionPolicy()}
     role_patterns: dict[str, str] = {
-        "t1": r"(?i)\bt1(?!.*(post|gad|\+c|\bkm\b|contrast|kontrast|\bce\b))",
-        "t1c": r"(?i)\bt1.*(post|gad|\+c|\bkm\b|contrast|kontrast|\bce\b)|\bt1c",
-        "t2": r"(?i)\bt2(?!.*(flair|\bir\b))",
-        "flair": r"(?i)flair|\bt2.*\bir\b",
+        "t1": r"(?i)(?<![a-z0-9])t1w?(?![a-z0-9])(?!.*(post|gad|\+c|(?<![a-z0-9])km(?![a-z0-9])|contrast|kontrast|(?<![a-z0-9])ce(?![a-z0-9])))",
+        "t1c": r"(?i)(?<![a-z0-9])t1(w|c|ce)?(?![a-z0-9]).*(post|gad|\+c|(?<![a-z0-9])km(?![a-z0-9])|contrast|kontrast|(?<![a-z0-9])ce(?![a-z0-9]))|(?<![a-z0-9])t1ce?(?![a-z0-9])",
+        "t2": r"(?i)(?<![a-z0-9])t2w?(?![a-z0-9])(?!.*(flair|(?<![a-z0-9])ir(?![a-z0-9])))",
+        "flair": r"(?i)flair|(?<![a-z0-9])t2.*(?<![a-z0-9])ir(?![a-z0-9])",
     }
 
     @field_validator("profiles")

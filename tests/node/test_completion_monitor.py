@@ -1,0 +1,181 @@
+"""Completion applied to the database: jobs, reasons, late series, restarts, routing.
+
+Instances are real scanner files received through the real receiver. Where a
+second series of the same study is needed, it is derived from a real one by
+giving it a new SeriesInstanceUID (no real multi-series study is in the data).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import pydicom
+from pydicom.uid import generate_uid
+from sqlalchemy import select
+
+from config.settings import Settings
+from node.completion_monitor import CompletionMonitor
+from node.receiver import InstanceReceiver, Sender
+from node.service import open_storage
+from storage.models import Job, JobEvent, JobSeries, NodeEvent, Study, utc_now
+from tests.helpers import require_shared_data
+
+
+class Harness:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        _, self.sessions, self.store = open_storage(settings)
+        self.receiver = InstanceReceiver(self.store, self.sessions, settings.storage)
+        self.monitor = CompletionMonitor(settings.completion, settings.routing, self.sessions)
+
+    def receive(self, data: bytes, called_ae: str = "SEGNODE") -> None:
+        dataset = pydicom.dcmread(pydicom.filebase.DicomBytesIO(data), stop_before_pixels=True)
+        outcome = self.receiver.receive(
+            data,
+            command_sop_class_uid=str(dataset.SOPClassUID),
+            command_sop_instance_uid=str(dataset.SOPInstanceUID),
+            sender=Sender(None, "PACS", called_ae),
+        )
+        assert outcome.status == 0, outcome
+
+    def receive_folder(self, folder: str, limit: int = 5, called_ae: str = "SEGNODE") -> None:
+        for path in sorted((require_shared_data() / folder).iterdir())[:limit]:
+            self.receive(path.read_bytes(), called_ae)
+
+    def tick_after(self, seconds: float):  # noqa: ANN201
+        return self.monitor.tick(utc_now() + timedelta(seconds=seconds))
+
+    def study(self) -> Study:
+        with self.sessions() as session:
+            return session.execute(select(Study)).scalar_one()
+
+    def jobs(self) -> list[Job]:
+        with self.sessions() as session:
+            return list(session.execute(select(Job).order_by(Job.id)).scalars())
+
+
+def as_new_series(path: Path, series_uid: str, description: str) -> bytes:
+    """A real instance re-labelled as part of another series of the same study (synthetic)."""
+    dataset = pydicom.dcmread(path)
+    dataset.SeriesInstanceUID = series_uid
+    dataset.SOPInstanceUID = generate_uid(entropy_srcs=[series_uid, str(path)])
+    dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+    dataset.SeriesDescription = description
+    buffer = pydicom.filebase.DicomBytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def harness(make_settings: Callable[..., Settings], **sections: object) -> Harness:
+    return Harness(make_settings(**sections))
+
+
+def test_study_fires_after_quiet_time_with_the_reason_recorded(make_settings) -> None:
+    h = harness(make_settings)
+    h.receive_folder("siemens_prisma_E11_t1_fl2d_sag_HFS")
+    assert h.tick_after(1) == []  # default profile: 30 s series / 60 s study quiet
+    [outcome] = h.tick_after(61)
+    assert outcome.new_state == "complete"
+    study = h.study()
+    assert study.state == "complete" and study.routing_rule == "brain-mr"
+    assert "all 1 series quiet" in study.state_reason
+    [job] = h.jobs()
+    assert job.state == "received" and job.routing_rule == "brain-mr"
+    with h.sessions() as session:
+        assert len(session.execute(select(JobSeries).where(JobSeries.job_id == job.id)).all()) == 1
+        created = session.execute(select(JobEvent)).scalar_one()
+        assert created.kind == "created" and "rules_evaluated" in created.detail
+        kinds = session.execute(select(NodeEvent.kind)).scalars().all()
+    assert "study_complete" in kinds
+    assert h.tick_after(120) == []  # fires once
+
+
+def test_unrouted_study_is_kept_and_marked_ignored(make_settings) -> None:
+    h = harness(make_settings)
+    # Real Siemens Trio data: no BodyPartExamined, a research study description.
+    h.receive_folder("siemens_trio_transfer_syntaxes", limit=2)
+    [outcome] = h.tick_after(61)
+    assert outcome.new_state == "ignored"
+    assert "no rule matched" in h.study().state_reason
+    assert h.jobs() == []
+
+
+def test_push_ae_processes_unconditionally(make_settings) -> None:
+    h = harness(make_settings)
+    h.receive_folder("siemens_trio_transfer_syntaxes", limit=2, called_ae="SEGNODE_PUSH")
+    [outcome] = h.tick_after(61)
+    assert outcome.new_state == "complete"
+    assert h.study().routing_rule == "radiologist-push"
+
+
+def test_late_series_starts_a_new_job(make_settings) -> None:
+    h = harness(make_settings)
+    folder = require_shared_data() / "siemens_prisma_E11_t1_fl2d_sag_HFS"
+    h.receive_folder(folder.name)
+    h.tick_after(61)
+    late_uid = generate_uid()
+    for path in sorted(folder.iterdir())[:3]:
+        h.receive(as_new_series(path, late_uid, "t1_late"))
+    assert h.study().state == "receiving"  # reopened, never dropped
+    [outcome] = h.tick_after(61)
+    first, second = h.jobs()
+    assert outcome.job_id == second.id
+    with h.sessions() as session:
+        covered = session.execute(select(JobSeries).where(JobSeries.job_id == second.id)).all()
+        created = session.execute(
+            select(JobEvent).where(JobEvent.job_id == second.id)
+        ).scalar_one()
+        reopened = session.execute(select(NodeEvent).where(NodeEvent.kind == "study_reopened")).scalar_one()
+    assert len(covered) == 2
+    assert created.detail["previous_job_id"] == first.id
+    assert reopened.detail["previous_state"] == "complete"
+
+
+def test_late_series_attaches_to_a_job_that_has_not_started(make_settings) -> None:
+    h = harness(make_settings, completion={"late_series": "attach"})
+    folder = require_shared_data() / "siemens_prisma_E11_t1_fl2d_sag_HFS"
+    h.receive_folder(folder.name)
+    h.tick_after(61)
+    for path in sorted(folder.iterdir())[:2]:
+        h.receive(as_new_series(path, "1.2.826.0.1.3680043.8.498.999", "t1_late"))
+    h.tick_after(61)
+    [job] = h.jobs()
+    with h.sessions() as session:
+        kinds = session.execute(select(JobEvent.kind).where(JobEvent.job_id == job.id)).scalars().all()
+        covered = session.execute(select(JobSeries).where(JobSeries.job_id == job.id)).all()
+    assert kinds == ["created", "series_attached"]
+    assert len(covered) == 2
+
+
+def test_required_series_and_discard_deadline(make_settings) -> None:
+    profile = {"required_series": ["t1", "t1c", "t2", "flair"], "deadline_s": 300.0,
+               "deadline_action": "discard"}
+    h = harness(make_settings, completion={"profiles": {"default": profile}})
+    h.receive_folder("siemens_prisma_E11_t1_fl2d_sag_HFS")  # t1_fl2d_sag: only a T1
+    assert h.tick_after(100) == []
+    [outcome] = h.tick_after(301)
+    assert outcome.new_state == "discarded"
+    assert "missing required series ['t1c', 't2', 'flair']" in h.study().state_reason
+    assert h.jobs() == []
+
+
+def test_wait_deadline_logs_once_and_keeps_waiting(make_settings) -> None:
+    profile = {"required_series": ["flair"], "deadline_s": 10.0, "deadline_action": "wait"}
+    h = harness(make_settings, completion={"profiles": {"default": profile}})
+    h.receive_folder("siemens_prisma_E11_t1_fl2d_sag_HFS", limit=2)
+    assert h.tick_after(100) == [] and h.tick_after(200) == []
+    assert h.study().state == "receiving" and h.study().deadline_passed_at is not None
+    with h.sessions() as session:
+        assert session.execute(select(NodeEvent.kind)).scalars().all().count("deadline_passed") == 1
+
+
+def test_completion_resumes_from_the_database_after_a_restart(make_settings) -> None:
+    settings = make_settings()
+    first = Harness(settings)
+    first.receive_folder("siemens_prisma_E11_t1_fl2d_sag_HFS", limit=3)
+    del first  # the process "dies": nothing in memory survives
+    second = Harness(settings)
+    [outcome] = second.tick_after(61)
+    assert outcome.new_state == "complete"

@@ -1,0 +1,158 @@
+"""The C-STORE contract without the network: store, dedupe, quarantine, refuse.
+
+Real scanner files from ../shared/data; the corrupt variants are made from them
+(truncated bytes, a mismatching UID) because no real corrupt data exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pydicom
+import pytest
+from sqlalchemy import select
+
+from config.settings import Settings
+from node.receiver import InstanceReceiver, Sender
+from node.service import open_storage
+from storage.models import Instance, NodeEvent, QuarantinedInstance, Study
+from tests.helpers import require_shared_data
+
+SENDER = Sender(association_id=None, calling_ae="PACS", called_ae="SEGNODE")
+
+
+def _files(folder: str) -> list[Path]:
+    return sorted((require_shared_data() / folder).iterdir())
+
+
+def _send(receiver: InstanceReceiver, data: bytes) -> int:
+    dataset = pydicom.dcmread(pydicom.filebase.DicomBytesIO(data), stop_before_pixels=True)
+    return receiver.receive(
+        data,
+        command_sop_class_uid=str(dataset.SOPClassUID),
+        command_sop_instance_uid=str(dataset.SOPInstanceUID),
+        sender=SENDER,
+    ).status
+
+
+@pytest.fixture
+def receiver_for(make_settings: Callable[..., Settings]) -> Callable[..., tuple[InstanceReceiver, object, object]]:
+    def build(**storage: object) -> tuple[InstanceReceiver, object, object]:
+        settings = make_settings(storage=storage)
+        engine, sessions, store = open_storage(settings)
+        return InstanceReceiver(store, sessions, settings.storage), sessions, store
+
+    return build
+
+
+def test_stores_bytes_exactly_and_records_the_row(receiver_for) -> None:
+    receiver, sessions, store = receiver_for()
+    source = _files("siemens_prisma_E11_t1_fl2d_sag_HFS")[0]
+    data = source.read_bytes()
+    assert _send(receiver, data) == 0
+    with sessions() as session:
+        row = session.execute(select(Instance)).scalar_one()
+    assert store.absolute(row.file_path).read_bytes() == data
+    assert row.sha256 == hashlib.sha256(data).hexdigest()
+    assert row.size_bytes == len(data)
+
+
+def test_identical_resend_is_acknowledged_once(receiver_for) -> None:
+    receiver, sessions, _ = receiver_for()
+    data = _files("siemens_prisma_E11_t1_fl2d_sag_HFS")[0].read_bytes()
+    assert _send(receiver, data) == 0
+    assert _send(receiver, data) == 0
+    with sessions() as session:
+        assert len(session.execute(select(Instance)).all()) == 1
+        assert session.execute(select(Study.received_instances)).scalar_one() == 1
+
+
+def _altered(data: bytes) -> bytes:
+    """The same SOP instance with a different SeriesDescription (a re-sent, edited instance)."""
+    dataset = pydicom.dcmread(pydicom.filebase.DicomBytesIO(data))
+    dataset.SeriesDescription = "edited at the PACS"
+    buffer = pydicom.filebase.DicomBytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("policy", "kept"), [("keep_first", "original"), ("keep_newest", "edited")])
+def test_different_duplicate_follows_policy_and_keeps_both(receiver_for, policy: str, kept: str) -> None:
+    receiver, sessions, store = receiver_for(duplicates=policy)
+    original = _files("siemens_prisma_E11_t1_fl2d_sag_HFS")[0].read_bytes()
+    edited = _altered(original)
+    assert _send(receiver, original) == 0
+    assert _send(receiver, edited) == 0
+    with sessions() as session:
+        row = session.execute(select(Instance)).scalar_one()
+        quarantined = session.execute(select(QuarantinedInstance)).scalar_one()
+    stored = store.absolute(row.file_path).read_bytes()
+    other = store.quarantine_root / quarantined.file_path
+    expected_stored, expected_other = (original, edited) if kept == "original" else (edited, original)
+    assert stored == expected_stored
+    assert other.read_bytes() == expected_other
+    assert row.sha256 == hashlib.sha256(expected_stored).hexdigest()
+    note = json.loads(other.with_suffix(".json").read_text())
+    assert "SOP Instance UID" in note["reason"]
+
+
+def test_truncated_instance_is_refused_and_quarantined(receiver_for) -> None:
+    receiver, sessions, store = receiver_for()
+    data = _files("siemens_prisma_E11_t1_fl2d_sag_HFS")[0].read_bytes()
+    truncated = data[: len(data) - 5000]
+    status = _send(receiver, truncated)
+    assert status == 0xC210
+    with sessions() as session:
+        row = session.execute(select(QuarantinedInstance)).scalar_one()
+        assert session.execute(select(Instance)).first() is None
+    assert "pixel data truncated" in row.reason
+    assert (store.quarantine_root / row.file_path).read_bytes() == truncated
+    assert row.status_code == 0xC210
+
+
+def test_garbage_bytes_get_cannot_understand(receiver_for) -> None:
+    receiver, sessions, store = receiver_for()
+    outcome = receiver.receive(
+        b"\x00" * 128 + b"DICM" + b"\x02\x00\x10\x00garbage" * 10,
+        command_sop_class_uid="1.2.840.10008.5.1.4.1.1.4",
+        command_sop_instance_uid="1.2.3.4",
+        sender=SENDER,
+    )
+    assert outcome.status == 0xC210
+    # pydicom reads leniently; either way the reason must say what is wrong.
+    assert "not a readable DICOM dataset" in outcome.reason or "is missing" in outcome.reason
+    assert len(list(store.quarantine_root.rglob("*.dcm"))) == 1
+
+
+def test_sop_class_mismatch_gets_a900(receiver_for) -> None:
+    receiver, _, _ = receiver_for()
+    data = _files("siemens_prisma_E11_t1_fl2d_sag_HFS")[0].read_bytes()
+    dataset = pydicom.dcmread(pydicom.filebase.DicomBytesIO(data), stop_before_pixels=True)
+    outcome = receiver.receive(
+        data,
+        command_sop_class_uid="1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
+        command_sop_instance_uid=str(dataset.SOPInstanceUID),
+        sender=SENDER,
+    )
+    assert outcome.status == 0xA900
+
+
+def test_disk_floor_refuses_with_out_of_resources_and_touches_nothing(receiver_for) -> None:
+    receiver, sessions, store = receiver_for()
+    files = _files("siemens_prisma_E11_t1_fl2d_sag_HFS")
+    assert _send(receiver, files[0].read_bytes()) == 0
+    before = {p: p.read_bytes() for p in store.store_root.rglob("*.dcm")}
+
+    floor_mb = int(store.free_mb()) + 10_000_000  # far above what any disk has free
+    full, _, _ = receiver_for(min_free_disk_mb=floor_mb)
+    full._store = store  # same data dir, new floor  # noqa: SLF001
+    full._sessions = sessions  # noqa: SLF001
+    assert _send(full, files[1].read_bytes()) == 0xA700
+    assert _send(full, files[2].read_bytes()) == 0xA700
+    assert {p: p.read_bytes() for p in store.store_root.rglob("*.dcm")} == before
+    with sessions() as session:
+        events = session.execute(select(NodeEvent.kind)).scalars().all()
+    assert events.count("disk_low") == 1  # logged once per episode, not per instance
