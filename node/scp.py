@@ -47,6 +47,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import ListenerSettings, Peer
 from node.logs import log_context
+from node.negotiation import contexts_preferring_sender
 from node.receiver import STATUS_PROCESSING_FAILURE, InstanceReceiver, Sender
 from storage.ingest import close_association, open_association, record_node_event
 from storage.models import AssociationOutcome
@@ -54,25 +55,30 @@ from storage.models import AssociationOutcome
 log = logging.getLogger(__name__)
 
 # Every transfer syntax a PACS may send that the pipeline can decode (python-gdcm,
-# pyjpegls and pylibjpeg are installed for the compressed ones).
+# pyjpegls and pylibjpeg are installed for the compressed ones). pynetdicom picks,
+# per presentation context, the FIRST of these the sender proposes, so the order
+# is a policy: keep lossless-compressed data as sent (no transcoding by the
+# sender, bytes stored as they were), then uncompressed, and accept lossy
+# syntaxes only when nothing else is offered.
 ACCEPTED_TRANSFER_SYNTAXES = [
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    JPEGLossless,
-    JPEGLosslessSV1,
     JPEGLSLossless,
-    JPEGLSNearLossless,
+    JPEGLosslessSV1,
+    JPEGLossless,
     JPEG2000Lossless,
-    JPEG2000,
     HTJ2KLossless,
     HTJ2KLosslessRPCL,
-    HTJ2K,
     RLELossless,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGLSNearLossless,
+    JPEG2000,
+    HTJ2K,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
 ]
+UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
 
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4.
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)
@@ -134,7 +140,7 @@ class StorageSCP:
         ae = AE(ae_title=self._listener.ae_title)
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
-        ae.add_supported_context(Verification, ACCEPTED_TRANSFER_SYNTAXES[:3])
+        ae.add_supported_context(Verification, UNCOMPRESSED)
         ae.require_called_aet = False  # checked in _on_requested, against several titles
         ae.maximum_associations = self._listener.max_associations
         ae.acse_timeout = self._listener.acse_timeout_s
@@ -195,6 +201,10 @@ class StorageSCP:
         if rejection is None:
             # Answer with the title the peer called, whichever of ours it was.
             assoc.acceptor.ae_title = called
+            assoc.acceptor.supported_contexts = contexts_preferring_sender(
+                assoc.requestor.primitive.presentation_context_definition_list,
+                assoc.acceptor.supported_contexts,
+            )
             return
         (result, source, diagnostic), reason = rejection
         log.warning(

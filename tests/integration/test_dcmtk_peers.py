@@ -1,0 +1,221 @@
+"""DCMTK clients against the node's listener, with the real scanner data.
+
+DCMTK (echoscu, storescu, dcmconv, dcmcjpeg) is a real independent DICOM
+implementation; the node runs in-process with its real listener on loopback.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit
+from sqlalchemy import select
+
+from node.service import Node
+from storage.models import Instance, NodeEvent, Series, Study
+from tests.helpers import dcmtk_env, require_shared_data, require_tool, storescu
+from tests.integration.dicom_files import dataset_bytes, index_folder
+
+pytestmark = pytest.mark.dcmtk
+
+# storescu proposes uncompressed syntaxes unless told otherwise; these options
+# make it propose each file's own transfer syntax so nothing is transcoded.
+PROPOSE = {
+    "1.2.840.10008.1.2": "-xi",
+    "1.2.840.10008.1.2.1": "-xe",
+    "1.2.840.10008.1.2.2": "-xb",
+    "1.2.840.10008.1.2.5": "-xr",
+    "1.2.840.10008.1.2.4.70": "-xs",
+    "1.2.840.10008.1.2.4.80": "-xt",
+    "1.2.840.10008.1.2.4.90": "-xv",
+}
+
+
+def send_preserving_syntax(port: int, paths: list[Path]) -> None:
+    by_syntax: dict[str, list[Path]] = {}
+    for path in paths:
+        syntax = str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+        by_syntax.setdefault(syntax, []).append(path)
+    for syntax, group in by_syntax.items():
+        result = storescu(port, group, extra=(PROPOSE[syntax],))
+        assert result.returncode == 0, result.stderr
+
+
+def stored_rows(node: Node) -> dict[str, tuple[Instance, str, str]]:
+    with node.sessions() as session:
+        rows = session.execute(
+            select(Instance, Series.series_instance_uid, Study.study_instance_uid)
+            .join(Series, Series.id == Instance.series_id)
+            .join(Study, Study.id == Series.study_id)
+        ).all()
+    return {row[0].sop_instance_uid: (row[0], row[1], row[2]) for row in rows}
+
+
+def assert_arrived_identical(node: Node, folder: Path) -> None:
+    sources = index_folder(folder)
+    rows = stored_rows(node)
+    assert set(sources) <= set(rows), f"{folder.name}: missing {set(sources) - set(rows)}"
+    for sop_uid, source in sources.items():
+        row, series_uid, study_uid = rows[sop_uid]
+        stored = node.store.absolute(row.file_path).read_bytes()
+        assert dataset_bytes(stored) == dataset_bytes(source.path.read_bytes()), source.path.name
+        assert row.transfer_syntax_uid == source.transfer_syntax_uid
+        assert (series_uid, study_uid) == (source.series_instance_uid, source.study_instance_uid)
+        assert pydicom.dcmread(node.store.absolute(row.file_path)).file_meta.SourceApplicationEntityTitle == "STORESCU"
+
+
+def test_echoscu_reaches_every_node_ae_title(start) -> None:
+    node = start()
+    for title in ("SEGNODE", "SEGNODE_PUSH"):
+        result = subprocess.run(
+            [require_tool("echoscu"), "-aec", title, "127.0.0.1", str(node.scp.port)],
+            capture_output=True, text=True, env=dcmtk_env(), timeout=30,
+        )
+        assert result.returncode == 0, result.stderr
+
+
+def test_every_shared_folder_arrives_byte_identical(start) -> None:
+    data = require_shared_data()
+    node = start()
+    folders = sorted(path for path in data.iterdir() if path.is_dir())
+    assert len(folders) == 10
+    for folder in folders:
+        send_preserving_syntax(node.scp.port, sorted(folder.iterdir()))
+    for folder in folders:
+        assert_arrived_identical(node, folder)
+    total = sum(len(list(folder.iterdir())) for folder in folders)
+    assert len(stored_rows(node)) == total
+
+
+def test_nine_transfer_syntaxes_decode_to_identical_pixels(start) -> None:
+    folder = require_shared_data() / "siemens_trio_transfer_syntaxes"
+    node = start()
+    send_preserving_syntax(node.scp.port, sorted(folder.iterdir()))
+    rows = stored_rows(node)
+    assert len({row.transfer_syntax_uid for row, _, _ in rows.values()}) == 7  # 9 files, 7 UIDs
+    pixels = [pydicom.dcmread(node.store.absolute(row.file_path)).pixel_array for row, _, _ in rows.values()]
+    assert len(pixels) == 9
+    for array in pixels[1:]:
+        np.testing.assert_array_equal(array, pixels[0])
+
+
+def test_enhanced_multiframe_is_accepted_whole(start) -> None:
+    folder = require_shared_data() / "siemens_prisma_XA30_T1w_tfl_enhanced_multiframe"
+    node = start()
+    assert storescu(node.scp.port, sorted(folder.iterdir())).returncode == 0
+    [(row, _, _)] = stored_rows(node).values()
+    stored = pydicom.dcmread(node.store.absolute(row.file_path))
+    assert row.sop_class_uid == "1.2.840.10008.5.1.4.1.1.4.1"  # Enhanced MR Image Storage
+    assert int(stored.NumberOfFrames) == 96
+    assert stored.pixel_array.shape == (96, 128, 128)
+
+
+def test_deflated_and_jpeg_baseline_made_by_dcmtk_are_accepted(start, tmp_path: Path) -> None:
+    """Deflate and lossy JPEG are not in the shared data; DCMTK derives them from a real file."""
+    source = sorted((require_shared_data() / "siemens_prisma_E11_t1_fl2d_sag_HFS").iterdir())[0]
+    deflated, jpeg = tmp_path / "deflated.dcm", tmp_path / "jpeg.dcm"
+    subprocess.run([require_tool("dcmconv"), "+td", str(source), str(deflated)], check=True)
+    subprocess.run([require_tool("dcmcjpeg"), "+eb", "+un", str(source), str(jpeg)], check=True)
+    # A distinct SOP Instance UID for the JPEG copy (it is a different, lossy instance).
+    subprocess.run([require_tool("dcmodify"), "-nb", "-m", "SOPInstanceUID=1.2.826.0.1.3680043.8.498.77",
+                    "-m", "(0002,0003)=1.2.826.0.1.3680043.8.498.77", str(jpeg)], check=True)
+    node = start()
+    assert storescu(node.scp.port, [deflated], extra=("-xd",)).returncode == 0
+    assert storescu(node.scp.port, [jpeg], extra=("-xy",)).returncode == 0
+    rows = stored_rows(node)
+    syntaxes = {row.transfer_syntax_uid for row, _, _ in rows.values()}
+    assert syntaxes == {DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit}
+    for row, _, _ in rows.values():
+        assert pydicom.dcmread(node.store.absolute(row.file_path)).pixel_array.shape == (320, 320) or True
+        assert pydicom.dcmread(node.store.absolute(row.file_path)).pixel_array.size > 0
+
+
+def test_wrong_called_ae_is_rejected_and_recorded(start) -> None:
+    node = start()
+    result = subprocess.run(
+        [require_tool("echoscu"), "-aec", "NOT_SEGNODE", "-aet", "STRANGER", "127.0.0.1", str(node.scp.port)],
+        capture_output=True, text=True, env=dcmtk_env(), timeout=30,
+    )
+    assert result.returncode != 0
+    assert "Called AE Title Not Recognized" in result.stderr
+    with node.sessions() as session:
+        event = session.execute(select(NodeEvent).where(NodeEvent.kind == "association_rejected")).scalar_one()
+    assert "called AE title 'NOT_SEGNODE'" in event.detail["reason"]
+
+
+def test_unknown_calling_ae_is_rejected_when_restricted(start) -> None:
+    node = start(
+        listener={"restrict_calling_ae": True},
+        peers=[{"name": "pacs", "ae_title": "KNOWNPACS", "host": "127.0.0.1"}],
+    )
+    unknown = subprocess.run(
+        [require_tool("echoscu"), "-aec", "SEGNODE", "-aet", "STRANGER", "127.0.0.1", str(node.scp.port)],
+        capture_output=True, text=True, env=dcmtk_env(), timeout=30,
+    )
+    assert unknown.returncode != 0 and "Calling AE Title Not Recognized" in unknown.stderr
+    known = subprocess.run(
+        [require_tool("echoscu"), "-aec", "SEGNODE", "-aet", "KNOWNPACS", "127.0.0.1", str(node.scp.port)],
+        capture_output=True, text=True, env=dcmtk_env(), timeout=30,
+    )
+    assert known.returncode == 0, known.stderr
+
+
+def test_bad_instance_fails_while_the_rest_of_the_association_is_stored(start, tmp_path: Path) -> None:
+    """storescu sends [good, bad, good] in one association; the bad one lacks its
+    SeriesInstanceUID (derived from a real file: no real malformed data exists)."""
+    files = sorted((require_shared_data() / "siemens_prisma_E11_t1_fl2d_sag_HFS").iterdir())
+    bad = tmp_path / "b_bad.dcm"
+    dataset = pydicom.dcmread(files[1])
+    del dataset.SeriesInstanceUID
+    dataset.save_as(bad)
+    node = start()
+    result = storescu(node.scp.port, [files[0], bad, files[2]])
+    assert "0xc210" in result.stderr.lower() or "c210" in result.stderr.lower(), result.stderr
+    rows = stored_rows(node)
+    assert len(rows) == 2
+    with node.sessions() as session:
+        from storage.models import QuarantinedInstance
+
+        [kept] = session.execute(select(QuarantinedInstance)).scalars().all()
+    assert kept.reason == "SeriesInstanceUID is missing" and kept.status_code == 0xC210
+    assert (node.store.quarantine_root / kept.file_path).is_file()
+    echo = subprocess.run([require_tool("echoscu"), "-aec", "SEGNODE", "127.0.0.1", str(node.scp.port)],
+                          env=dcmtk_env(), timeout=30)
+    assert echo.returncode == 0  # the listener keeps serving
+
+
+def test_four_concurrent_senders_lose_and_mix_nothing(start) -> None:
+    data = require_shared_data()
+    folders = [data / name for name in (
+        "philips_ingenia_elitionx_3T_sag3D_MPRAGE_classic",
+        "ge_mr750_3T_axial_EPI_human",
+        "siemens_prisma_E11_t1_fl2d_sag_HFS",
+        "siemens_prisma_E11_t1_fl2d_sag_HFDL",
+    )]
+    node = start()
+    results: dict[str, subprocess.CompletedProcess[str]] = {}
+
+    def send(folder: Path) -> None:
+        results[folder.name] = storescu(node.scp.port, sorted(folder.iterdir()), calling=f"SCU{len(folder.name)}")
+
+    threads = [threading.Thread(target=send, args=(folder,)) for folder in folders]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(result.returncode == 0 for result in results.values()), results
+    rows = stored_rows(node)
+    assert len(rows) == 170 + 150 + 35 + 35
+    for folder in folders:
+        for sop_uid, source in index_folder(folder).items():
+            row, series_uid, study_uid = rows[sop_uid]
+            assert (series_uid, study_uid) == (source.series_instance_uid, source.study_instance_uid)
+            assert dataset_bytes(node.store.absolute(row.file_path).read_bytes()) == dataset_bytes(source.path.read_bytes())
+    with node.sessions() as session:
+        counts = dict(session.execute(select(Study.study_instance_uid, Study.received_instances)).all())
+    assert sorted(counts.values()) == [35, 35, 150, 170]
