@@ -13,12 +13,19 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, JPEGBaseline8Bit
 from sqlalchemy import select
 
 from node.service import Node
 from storage.models import Instance, NodeEvent, Series, Study
-from tests.helpers import dcmtk_env, require_shared_data, require_tool, storescu
+from tests.helpers import (
+    dcmtk_env,
+    free_port,
+    require_shared_data,
+    require_tool,
+    storescu,
+    wait_for_port,
+)
 from tests.integration.dicom_files import dataset_bytes, index_folder
 
 pytestmark = pytest.mark.dcmtk
@@ -56,40 +63,104 @@ def stored_rows(node: Node) -> dict[str, tuple[Instance, str, str]]:
     return {row[0].sop_instance_uid: (row[0], row[1], row[2]) for row in rows}
 
 
-def assert_arrived_identical(node: Node, folder: Path) -> None:
-    sources = index_folder(folder)
-    rows = stored_rows(node)
-    assert set(sources) <= set(rows), f"{folder.name}: missing {set(sources) - set(rows)}"
-    for sop_uid, source in sources.items():
-        row, series_uid, study_uid = rows[sop_uid]
-        stored = node.store.absolute(row.file_path).read_bytes()
-        assert dataset_bytes(stored) == dataset_bytes(source.path.read_bytes()), source.path.name
-        assert row.transfer_syntax_uid == source.transfer_syntax_uid
-        assert (series_uid, study_uid) == (source.series_instance_uid, source.study_instance_uid)
-        assert pydicom.dcmread(node.store.absolute(row.file_path)).file_meta.SourceApplicationEntityTitle == "STORESCU"
+class BitPreservingStorescp:
+    """DCMTK storescp with +B: writes the bytes it received, the reference for "on the wire"."""
 
-
-def test_echoscu_reaches_every_node_ae_title(start) -> None:
-    node = start()
-    for title in ("SEGNODE", "SEGNODE_PUSH"):
-        result = subprocess.run(
-            [require_tool("echoscu"), "-aec", title, "127.0.0.1", str(node.scp.port)],
-            capture_output=True, text=True, env=dcmtk_env(), timeout=30,
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [require_tool("storescp"), "-aet", "SEGNODE", "+B", "+xa", "-od", str(folder), str(self.port)],
+            env=dcmtk_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        assert result.returncode == 0, result.stderr
+        wait_for_port(self.port)
+
+    def received(self) -> dict[str, bytes]:
+        return {path.name.split(".", 1)[1]: path.read_bytes() for path in self.folder.iterdir()}
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
 
 
-def test_every_shared_folder_arrives_byte_identical(start) -> None:
+def test_every_shared_folder_arrives_byte_identical(start, tmp_path: Path) -> None:
+    """What storescu puts on the wire is what the node stores, bit for bit.
+
+    DCMTK re-encodes some datasets while sending (Philips and Siemens XA
+    undefined-length sequences become defined-length), so the reference for
+    "byte-identical" is DCMTK's own bit-preserving storescp receiving the same
+    send; files storescu did not re-encode must also equal the source bytes,
+    and the others every source element value. The 12-bit folder holds three
+    different files with ONE SOP Instance UID: the first is stored and the
+    other two must be kept in quarantine, not lost.
+    """
     data = require_shared_data()
     node = start()
+    reference = BitPreservingStorescp(tmp_path / "storescp")
     folders = sorted(path for path in data.iterdir() if path.is_dir())
     assert len(folders) == 10
+    try:
+        for folder in folders:
+            send_preserving_syntax(node.scp.port, sorted(folder.iterdir()))
+            send_preserving_syntax(reference.port, sorted(folder.iterdir()))
+    finally:
+        reference.stop()
+    on_wire = reference.received()
+    rows = stored_rows(node)
+    identical_to_source = 0
     for folder in folders:
-        send_preserving_syntax(node.scp.port, sorted(folder.iterdir()))
-    for folder in folders:
-        assert_arrived_identical(node, folder)
-    total = sum(len(list(folder.iterdir())) for folder in folders)
-    assert len(stored_rows(node)) == total
+        for sop_uid, source in index_folder(folder).items():
+            row, series_uid, study_uid = rows[sop_uid]
+            stored = node.store.absolute(row.file_path).read_bytes()
+            assert (series_uid, study_uid) == (source.series_instance_uid, source.study_instance_uid)
+            assert row.transfer_syntax_uid == source.transfer_syntax_uid
+            if folder.name == "siemens_trio_12bit":
+                continue  # three versions of one UID: checked below
+            assert dataset_bytes(stored) == dataset_bytes(on_wire[sop_uid]), source.path.name
+            if dataset_bytes(stored) == dataset_bytes(source.path.read_bytes()):
+                identical_to_source += 1
+            else:
+                assert pydicom.dcmread(node.store.absolute(row.file_path)) == pydicom.dcmread(source.path)
+    unique = len({uid for folder in folders for uid in index_folder(folder)})
+    assert len(rows) == unique
+    assert identical_to_source >= 150 + 35 + 35 + 9 + 1  # GE, Siemens E11 x2, Trio TS, Toshiba
+
+    with node.sessions() as session:
+        from storage.models import QuarantinedInstance
+
+        duplicates = session.execute(select(QuarantinedInstance)).scalars().all()
+    assert len(duplicates) == 2
+    assert all("duplicate SOP Instance UID" in entry.reason for entry in duplicates)
+    twelve_bit = {path.read_bytes() for path in (data / "siemens_trio_12bit").iterdir()}
+    kept = {node.store.absolute(rows[duplicates[0].sop_instance_uid][0].file_path).read_bytes()}
+    kept |= {(node.store.quarantine_root / entry.file_path).read_bytes() for entry in duplicates}
+    assert {dataset_bytes(b) for b in kept} == {dataset_bytes(b) for b in twelve_bit}
+
+
+def test_raw_sender_files_arrive_byte_identical_to_the_sources(start) -> None:
+    """pynetdicom sends a file's dataset bytes without re-encoding: then stored == source."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
+
+    folder = require_shared_data() / "philips_ingenia_elitionx_3T_sag3D_MPRAGE_classic"
+    node = start()
+    ae = AE(ae_title="RAWSCU")
+    ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)  # the files' own syntax
+    association = ae.associate("127.0.0.1", node.scp.port, ae_title="SEGNODE")
+    assert association.is_established
+    try:
+        for path in sorted(folder.iterdir())[:40]:
+            status = association.send_c_store(path)
+            assert status.Status == 0
+    finally:
+        association.release()
+    rows = stored_rows(node)
+    for sop_uid, source in index_folder(folder).items():
+        if sop_uid in rows:
+            stored = node.store.absolute(rows[sop_uid][0].file_path).read_bytes()
+            assert dataset_bytes(stored) == dataset_bytes(source.path.read_bytes())
+    assert len(rows) == 40
 
 
 def test_nine_transfer_syntaxes_decode_to_identical_pixels(start) -> None:
@@ -117,22 +188,22 @@ def test_enhanced_multiframe_is_accepted_whole(start) -> None:
 
 def test_deflated_and_jpeg_baseline_made_by_dcmtk_are_accepted(start, tmp_path: Path) -> None:
     """Deflate and lossy JPEG are not in the shared data; DCMTK derives them from a real file."""
-    source = sorted((require_shared_data() / "siemens_prisma_E11_t1_fl2d_sag_HFS").iterdir())[0]
+    sources = sorted((require_shared_data() / "siemens_prisma_E11_t1_fl2d_sag_HFS").iterdir())
     deflated, jpeg = tmp_path / "deflated.dcm", tmp_path / "jpeg.dcm"
-    subprocess.run([require_tool("dcmconv"), "+td", str(source), str(deflated)], check=True)
-    subprocess.run([require_tool("dcmcjpeg"), "+eb", "+un", str(source), str(jpeg)], check=True)
-    # A distinct SOP Instance UID for the JPEG copy (it is a different, lossy instance).
-    subprocess.run([require_tool("dcmodify"), "-nb", "-m", "SOPInstanceUID=1.2.826.0.1.3680043.8.498.77",
-                    "-m", "(0002,0003)=1.2.826.0.1.3680043.8.498.77", str(jpeg)], check=True)
+    subprocess.run([require_tool("dcmconv"), "+td", str(sources[0]), str(deflated)], check=True)
+    subprocess.run([require_tool("dcmcjpeg"), "+eb", "+un", str(sources[1]), str(jpeg)], check=True)
     node = start()
     assert storescu(node.scp.port, [deflated], extra=("-xd",)).returncode == 0
     assert storescu(node.scp.port, [jpeg], extra=("-xy",)).returncode == 0
     rows = stored_rows(node)
     syntaxes = {row.transfer_syntax_uid for row, _, _ in rows.values()}
     assert syntaxes == {DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit}
-    for row, _, _ in rows.values():
-        assert pydicom.dcmread(node.store.absolute(row.file_path)).pixel_array.shape == (320, 320) or True
-        assert pydicom.dcmread(node.store.absolute(row.file_path)).pixel_array.size > 0
+    originals = {str(pydicom.dcmread(path).SOPInstanceUID): pydicom.dcmread(path).pixel_array for path in sources[:2]}
+    for sop_uid, (row, _, _) in rows.items():
+        decoded = pydicom.dcmread(node.store.absolute(row.file_path)).pixel_array
+        assert decoded.shape == originals[sop_uid].shape
+    deflated_row = next(row for row, _, _ in rows.values() if row.transfer_syntax_uid == DeflatedExplicitVRLittleEndian)
+    assert dataset_bytes(node.store.absolute(deflated_row.file_path).read_bytes()) == dataset_bytes(deflated.read_bytes())
 
 
 def test_wrong_called_ae_is_rejected_and_recorded(start) -> None:
@@ -174,8 +245,14 @@ def test_bad_instance_fails_while_the_rest_of_the_association_is_stored(start, t
     del dataset.SeriesInstanceUID
     dataset.save_as(bad)
     node = start()
-    result = storescu(node.scp.port, [files[0], bad, files[2]])
-    assert "0xc210" in result.stderr.lower() or "c210" in result.stderr.lower(), result.stderr
+    # -nh: go on after a failed store, as a PACS pushing a study does.
+    result = storescu(node.scp.port, [files[0], bad, files[2]], extra=("-nh", "-v"))
+    responses = [line for line in result.stderr.splitlines() if "Received Store Response" in line]
+    assert responses == [
+        "I: Received Store Response (Success)",
+        "I: Received Store Response (Error: CannotUnderstand)",
+        "I: Received Store Response (Success)",
+    ], result.stderr
     rows = stored_rows(node)
     assert len(rows) == 2
     with node.sessions() as session:
@@ -215,7 +292,8 @@ def test_four_concurrent_senders_lose_and_mix_nothing(start) -> None:
         for sop_uid, source in index_folder(folder).items():
             row, series_uid, study_uid = rows[sop_uid]
             assert (series_uid, study_uid) == (source.series_instance_uid, source.study_instance_uid)
-            assert dataset_bytes(node.store.absolute(row.file_path).read_bytes()) == dataset_bytes(source.path.read_bytes())
+            # storescu re-encodes Philips sequences (see the byte-identity test): compare values.
+            assert pydicom.dcmread(node.store.absolute(row.file_path)) == pydicom.dcmread(source.path)
     with node.sessions() as session:
         counts = dict(session.execute(select(Study.study_instance_uid, Study.received_instances)).all())
     assert sorted(counts.values()) == [35, 35, 150, 170]
