@@ -320,7 +320,10 @@ class Settings(BaseSettings):
         toml_file = getattr(settings_cls, "toml_source_path", None)
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if toml_file is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+            # A site's file is layered over the shipped defaults (tables merge,
+            # lists such as routing.rules replace), so it only states what differs.
+            files = [DEFAULT_CONFIG_PATH] if toml_file == DEFAULT_CONFIG_PATH else [DEFAULT_CONFIG_PATH, toml_file]
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=files, deep_merge=True))
         return tuple(sources)
 
 

@@ -79,3 +79,14 @@ def test_check_config_cli_prints_the_effective_configuration() -> None:
 def test_default_file_is_valid_toml_with_documented_sections() -> None:
     data = tomllib.loads(DEFAULT_CONFIG_PATH.read_text())
     assert set(data) == {"listener", "storage", "completion", "routing", "logging"}
+
+
+def test_site_file_is_layered_over_the_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text("[listener]\nport = 4242\n[completion.profiles.default]\nseries_quiet_s = 5.0\n")
+    settings = load_settings(path)
+    assert settings.listener.port == 4242
+    assert settings.listener.ae_title == "SEGNODE"  # from the shipped defaults
+    assert settings.completion.profiles["default"].series_quiet_s == 5.0
+    assert settings.completion.profiles["default"].study_quiet_s == 60.0
+    assert [rule.name for rule in settings.routing.rules] == ["radiologist-push", "brain-mr"]

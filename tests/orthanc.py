@@ -1,0 +1,86 @@
+"""Orthanc (Debian package) as the hospital PACS, driven through its REST API."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from tests.helpers import dcmtk_env, free_port, require_tool, wait_for
+
+
+class Orthanc:
+    """A private Orthanc: its own storage, loopback peers only, no remote HTTP access."""
+
+    def __init__(self, workdir: Path, ae_title: str = "ORTHANC", modalities: dict[str, list[Any]] | None = None) -> None:
+        self.workdir = workdir
+        self.ae_title = ae_title
+        self.http_port = free_port()
+        self.dicom_port = free_port()
+        self.modalities = modalities or {}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Orthanc:
+        binary = require_tool("Orthanc")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "segnode-test-pacs",
+            "StorageDirectory": str(self.workdir / "storage"),
+            "IndexDirectory": str(self.workdir / "storage"),
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "DicomAet": self.ae_title,
+            # Orthanc 1.10 cannot bind to loopback only; refusing remote HTTP access
+            # and unknown DICOM peers keeps it private on this machine.
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomAlwaysAllowStore": False,
+            "DicomAlwaysAllowEcho": True,
+            "DicomCheckCalledAet": True,
+            "DicomModalities": self.modalities,
+            "Plugins": [],
+            "StableAge": 2,
+        }
+        config_path = self.workdir / "orthanc.json"
+        config_path.write_text(json.dumps(config, indent=2))
+        log = (self.workdir / "orthanc.log").open("ab")
+        self.process = subprocess.Popen([binary, str(config_path)], env=dcmtk_env(), stdout=log, stderr=log)
+        wait_for(self._alive, 30, "Orthanc's REST API")
+        return self
+
+    def _alive(self) -> bool:
+        try:
+            self.get("/system")
+            return True
+        except (urllib.error.URLError, ConnectionError):
+            return False
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.http_port}{path}"
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url(path), timeout=30) as response:
+            return json.loads(response.read())
+
+    def get_bytes(self, path: str) -> bytes:
+        with urllib.request.urlopen(self.url(path), timeout=30) as response:
+            return bytes(response.read())
+
+    def post(self, path: str, body: bytes | dict[str, Any], timeout_s: float = 120) -> Any:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        request = urllib.request.Request(self.url(path), data=data, method="POST")
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            text = response.read()
+        return json.loads(text) if text else None
+
+    def upload(self, paths: list[Path]) -> set[str]:
+        """POST each file to /instances; returns the Orthanc study ids."""
+        return {self.post("/instances", path.read_bytes())["ParentStudy"] for path in paths}
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=20)
