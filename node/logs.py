@@ -84,3 +84,5 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     # pynetdicom logs every PDU at INFO, including the datasets' identifiers; keep
     # it at WARNING so its lines cannot carry patient data into the node's logs.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # SQLAlchemy logs statement parameters (header attributes) at INFO/DEBUG.
+    logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
