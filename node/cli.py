@@ -10,7 +10,7 @@ import json
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypedDict
 
 import typer
 from pydicom import dcmread
@@ -94,6 +94,29 @@ def db_upgrade(config: ConfigOption = None, data_dir: DataDirOption = None) -> N
     engine.dispose()
 
 
+class _SeriesReport(TypedDict):
+    series_instance_uid: str
+    description: object
+
+
+class _EvaluationReport(TypedDict):
+    rule: str
+    matched: bool
+    reasons: list[str]
+
+
+class _StudyReport(TypedDict):
+    """One study's entry in ``segnode rules test`` output (also its JSON shape)."""
+
+    study_instance_uid: str
+    series: list[_SeriesReport]
+    action: str
+    rule: str | None
+    completion_profile: str
+    explanation: str
+    evaluations: list[_EvaluationReport]
+
+
 def _dicom_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
@@ -135,7 +158,7 @@ def rules_test(
                 called_ae_titles=frozenset([called]),
                 calling_ae_titles=frozenset([calling_ae] if calling_ae else []),
             )
-    report = []
+    report: list[_StudyReport] = []
     for study_uid, series in studies.items():
         decision = route_study(settings.routing, list(series.values()))
         report.append(

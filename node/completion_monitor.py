@@ -216,7 +216,7 @@ class CompletionMonitor:
         if changed != 1:
             return None  # an instance arrived meanwhile, or another node decided
 
-        detail = {
+        detail: dict[str, object] = {
             "reason": reason,
             "rule": route.rule,
             "missing_roles": list(decision.missing_roles),

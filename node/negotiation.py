@@ -29,7 +29,7 @@ LOSSY_TRANSFER_SYNTAXES = frozenset(
 )
 
 
-def is_lossy(transfer_syntax: UID) -> bool:
+def is_lossy(transfer_syntax: str) -> bool:
     """True for transfer syntaxes that may discard image information."""
     return transfer_syntax in LOSSY_TRANSFER_SYNTAXES
 
@@ -40,19 +40,26 @@ def contexts_preferring_sender(
     """Our supported contexts, each syntax list reordered by the sender's preference."""
     order: dict[str, list[UID]] = defaultdict(list)
     for context in requested:
+        requested_abstract = context.abstract_syntax
+        if requested_abstract is None:
+            continue  # no abstract syntax: nothing of ours can match it
         for syntax in context.transfer_syntax:
-            if syntax not in order[context.abstract_syntax]:
-                order[context.abstract_syntax].append(UID(syntax))
+            if syntax not in order[requested_abstract]:
+                order[requested_abstract].append(UID(syntax))
 
     reordered = []
     for context in supported:
+        abstract = context.abstract_syntax
+        if abstract is None:
+            raise ValueError(f"supported context {context.context_id} has no abstract syntax")
         ours = [UID(syntax) for syntax in context.transfer_syntax]
-        preferred = [syntax for syntax in order.get(context.abstract_syntax, []) if syntax in ours]
+        preferred = [syntax for syntax in order.get(abstract, []) if syntax in ours]
         rest = [syntax for syntax in ours if syntax not in preferred]
         ranked = preferred + rest
         # Stable partition: everything lossless or uncompressed before any lossy syntax.
-        ranked = [s for s in ranked if not is_lossy(s)] + [s for s in ranked if is_lossy(s)]
-        new = build_context(context.abstract_syntax, ranked)
+        partitioned: list[str | UID] = [s for s in ranked if not is_lossy(s)]
+        partitioned += [s for s in ranked if is_lossy(s)]
+        new = build_context(abstract, partitioned)
         new.scu_role, new.scp_role = context.scu_role, context.scp_role
         reordered.append(new)
     return reordered

@@ -22,10 +22,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from config.settings import DuplicatePolicy, StorageSettings
 from node.dicom_header import InstanceHeader, read_instance_header
 from node.errors import InvalidInstanceError
+from storage.database import read_only_session
 from storage.filestore import FileStore
 from storage.ingest import (
     InstanceRecord,
-    RecordedInstance,
     find_instance,
     record_instance,
     record_node_event,
@@ -33,6 +33,7 @@ from storage.ingest import (
     replace_instance,
     stored_fingerprint,
 )
+from storage.instance_writer import InstanceWriter
 from storage.models import utc_now
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,6 @@ STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_PROCESSING_FAILURE = 0xC211
 _LOCK_STRIPES = 64
-_CACHE_ENTRIES = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +78,11 @@ class InstanceReceiver:
         # two associations racing with different content cannot interleave.
         self._stripes = [threading.Lock() for _ in range(_LOCK_STRIPES)]
         self._disk_low = False
-        # A series never changes study, so its ids can be cached; saves four
-        # queries per instance. Bounded, and only ever a shortcut.
-        self._series_ids: dict[str, tuple[int, int]] = {}
-        self._linked: set[tuple[str | None, str]] = set()
-        self._cache_lock = threading.Lock()
+        self._writer = InstanceWriter(sessions)
+
+    def close(self) -> None:
+        """Stop the writer thread (after the listener has stopped)."""
+        self._writer.stop()
 
     def receive(
         self,
@@ -153,7 +153,7 @@ class InstanceReceiver:
         )
         record = self._record(header, sha256, len(file_bytes), str(relative), sender, utc_now())
 
-        with self._sessions() as session:
+        with read_only_session(self._sessions) as session:
             existing = stored_fingerprint(session, header.sop_instance_uid)
         if existing is not None:
             existing_sha, existing_path = existing
@@ -165,32 +165,13 @@ class InstanceReceiver:
             return self._different_duplicate(file_bytes, record, existing_path)
 
         self._store.write_instance(relative, file_bytes)
-        known_ids = self._series_ids.get(header.series_instance_uid)
-        link_key = (sender.association_id, header.study_instance_uid)
         try:
-            with self._sessions.begin() as session:
-                recorded = record_instance(
-                    session,
-                    record,
-                    known_ids=known_ids,
-                    link_association=link_key not in self._linked,
-                )
+            recorded = self._writer.record(record)
         except IntegrityError:
             # Another process recorded the same SOP Instance UID in between.
             log.warning("concurrent duplicate SOP Instance UID; re-evaluating")
             return self._store_and_record(file_bytes, header, sender)
-        self._remember(header.series_instance_uid, recorded, link_key)
         return StoreOutcome(STATUS_SUCCESS, "stored", recorded.study_id)
-
-    def _remember(
-        self, series_uid: str, recorded: RecordedInstance, link_key: tuple[str | None, str]
-    ) -> None:
-        with self._cache_lock:
-            if len(self._series_ids) > _CACHE_ENTRIES:
-                self._series_ids.clear()
-                self._linked.clear()
-            self._series_ids[series_uid] = (recorded.study_id, recorded.series_id)
-            self._linked.add(link_key)
 
     def _different_duplicate(
         self, file_bytes: bytes, record: InstanceRecord, existing_path: str

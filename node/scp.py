@@ -40,6 +40,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
@@ -139,7 +140,10 @@ class StorageSCP:
     def _build_ae(self) -> AE:
         ae = AE(ae_title=self._listener.ae_title)
         for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
+            abstract = context.abstract_syntax
+            if abstract is None:  # pynetdicom's storage contexts all name one
+                raise RuntimeError("pynetdicom storage context without an abstract syntax")
+            ae.add_supported_context(abstract, ACCEPTED_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification, UNCOMPRESSED)
         ae.require_called_aet = False  # checked in _on_requested, against several titles
         ae.maximum_associations = self._listener.max_associations
@@ -157,7 +161,7 @@ class StorageSCP:
         return int(self._server.server_address[1])
 
     def start(self) -> None:
-        handlers = [
+        handlers: list[evt.EventHandlerType] = [
             (evt.EVT_CONN_OPEN, self._on_connection_open),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
@@ -194,15 +198,18 @@ class StorageSCP:
 
     def _on_requested(self, event: Event) -> None:
         assoc = event.assoc
-        called = str(assoc.requestor.primitive.called_ae_title).strip()
-        calling = str(assoc.requestor.primitive.calling_ae_title).strip()
+        primitive = assoc.requestor.primitive
+        if primitive is None:  # pragma: no cover - pynetdicom sets it before EVT_REQUESTED
+            raise RuntimeError("association requested without an A-ASSOCIATE primitive")
+        called = str(primitive.called_ae_title).strip()
+        calling = str(primitive.calling_ae_title).strip()
         address = str(assoc.requestor.address)
         rejection = rejection_reason(self._listener, self._peers, called, calling, address)
         if rejection is None:
             # Answer with the title the peer called, whichever of ours it was.
             assoc.acceptor.ae_title = called
             assoc.acceptor.supported_contexts = contexts_preferring_sender(
-                assoc.requestor.primitive.presentation_context_definition_list,
+                primitive.presentation_context_definition_list,
                 assoc.acceptor.supported_contexts,
             )
             return
@@ -254,6 +261,8 @@ class StorageSCP:
         if state is None:  # pragma: no cover - pynetdicom only stores on accepted associations
             return STATUS_PROCESSING_FAILURE
         request = event.request
+        if not isinstance(request, C_STORE):  # pragma: no cover - EVT_C_STORE carries a C-STORE
+            raise TypeError(f"C-STORE handler got a {type(request).__name__} request")
         with log_context(association_id=state.association_id, calling_ae=state.calling_ae):
             file_bytes = _part10_bytes(event)
             outcome = self._receiver.receive(

@@ -38,10 +38,12 @@ class Node:
     sessions: sessionmaker[Session]
     store: FileStore
     scp: StorageSCP
+    receiver: InstanceReceiver
     monitor: CompletionMonitor
 
     def stop(self) -> None:
         self.scp.stop()
+        self.receiver.close()
         self.monitor.stop()
         self.engine.dispose()
         log.info("node stopped")
@@ -81,7 +83,7 @@ def start_node(settings: Settings) -> Node:
     )
     monitor.start()
     scp.start()
-    return Node(settings, engine, sessions, store, scp, monitor)
+    return Node(settings, engine, sessions, store, scp, receiver, monitor)
 
 
 def serve_forever(settings: Settings) -> None:

@@ -10,6 +10,8 @@ is owned by Alembic; ``upgrade_to_head`` is what ``segnode db upgrade`` and
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from storage.errors import DatabaseSchemaError
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+READ_ONLY_OPTION = "segnode_read_only"
 
 
 def create_db_engine(url: str, sqlite_synchronous: str = "FULL") -> Engine:
@@ -54,11 +57,22 @@ def _configure_sqlite(engine: Engine, synchronous: str) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writers take the lock up front (no deadlock-prone lock upgrade);
+        # read-only sessions must not queue behind them.
+        read_only = connection.get_execution_options().get(READ_ONLY_OPTION, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def read_only_session(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """A session for reads only: on SQLite it does not wait for the write lock."""
+    with sessions() as session:
+        session.connection(execution_options={READ_ONLY_OPTION: True})
+        yield session
 
 
 def _alembic_config(engine: Engine) -> AlembicConfig:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import CursorResult, Table, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -209,21 +209,28 @@ def record_instance(
         series_id = _series_id(session, study_id, record)
     else:
         study_id, series_id = known_ids
-    instance_id = session.execute(
-        insert(Instance).values(
-            series_id=series_id,
-            sop_instance_uid=record.sop_instance_uid,
-            sop_class_uid=record.sop_class_uid,
-            transfer_syntax_uid=record.transfer_syntax_uid,
-            size_bytes=record.size_bytes,
-            sha256=record.sha256,
-            file_path=record.file_path,
-            calling_ae=record.calling_ae,
-            called_ae=record.called_ae,
-            association_id=record.association_id,
-            received_at=record.received_at,
-        )
-    ).inserted_primary_key[0]
+    inserted = cast(
+        "CursorResult[Any]",
+        session.execute(
+            insert(Instance).values(
+                series_id=series_id,
+                sop_instance_uid=record.sop_instance_uid,
+                sop_class_uid=record.sop_class_uid,
+                transfer_syntax_uid=record.transfer_syntax_uid,
+                size_bytes=record.size_bytes,
+                sha256=record.sha256,
+                file_path=record.file_path,
+                calling_ae=record.calling_ae,
+                called_ae=record.called_ae,
+                association_id=record.association_id,
+                received_at=record.received_at,
+            )
+        ),
+    )
+    primary_key = inserted.inserted_primary_key
+    if primary_key is None:
+        raise RuntimeError("INSERT into instances returned no primary key")
+    instance_id = primary_key[0]
     reopened_from = _touch_study_and_series(
         session, study_id, series_id, record, count=1, link_association=link_association
     )
