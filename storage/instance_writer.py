@@ -4,8 +4,8 @@ Why: every C-STORE must be committed before its Success goes out, and with
 SQLite each commit is an fsync under the database's single write lock. With
 several associations in flight, per-instance transactions queue on that lock
 one fsync at a time. A single writer thread takes every row waiting, writes
-them in one transaction (each under its own savepoint, so one bad row fails
-alone) and wakes each caller only after the commit. Same durability, a
+them in one transaction (if that fails, each row again alone, so one bad
+row fails alone) and wakes each caller only after the commit. Same durability, a
 fraction of the commits.
 """
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.ingest import InstanceRecord, RecordedInstance, record_instance
+from storage.ingest import InstanceRecord, RecordedInstance, record_instances
 
 log = logging.getLogger(__name__)
 
@@ -79,40 +79,24 @@ class InstanceWriter:
             self._write(batch)
 
     def _write(self, batch: list[_Pending]) -> None:
-        done: list[tuple[_Pending, RecordedInstance]] = []
-        failed: list[tuple[_Pending, BaseException]] = []
+        records = [pending.record for pending in batch]
         try:
             with self._sessions.begin() as session:
+                results = record_instances(session, records, self._series_ids, self._linked)
+        except Exception as exc:  # noqa: BLE001 - one bad row must not fail the others
+            if len(batch) > 1:
+                log.info("batch of %d failed; writing its rows one by one", len(batch))
                 for pending in batch:
-                    record = pending.record
-                    link_key = (record.association_id, record.study_instance_uid)
-                    try:
-                        with session.begin_nested():
-                            recorded = record_instance(
-                                session,
-                                record,
-                                known_ids=self._series_ids.get(record.series_instance_uid),
-                                link_association=link_key not in self._linked,
-                            )
-                    except Exception as exc:  # noqa: BLE001 - handed to that caller alone
-                        failed.append((pending, exc))
-                        continue
-                    done.append((pending, recorded))
-        except Exception as exc:  # noqa: BLE001 - the commit failed: nobody is acknowledged
-            log.error("instance batch commit failed: %s", type(exc).__name__)
-            for pending in batch:
-                if not pending.result.done():
-                    pending.result.set_exception(exc)
+                    self._write([pending])
+            else:
+                batch[0].result.set_exception(exc)
             return
         if len(self._series_ids) > _SERIES_CACHE_ENTRIES:
             self._series_ids.clear()
             self._linked.clear()
-        for pending, recorded in done:
-            self._series_ids[pending.record.series_instance_uid] = (
-                recorded.study_id,
-                recorded.series_id,
-            )
-            self._linked.add((pending.record.association_id, pending.record.study_instance_uid))
+        for pending, recorded in zip(batch, results, strict=True):
+            record = pending.record
+            self._series_ids[record.series_instance_uid] = (recorded.study_id, recorded.series_id)
+            self._linked.add((record.association_id, record.study_instance_uid))
             pending.result.set_result(recorded)
-        for pending, error in failed:
-            pending.result.set_exception(error)
+
