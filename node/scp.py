@@ -39,6 +39,7 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
@@ -138,6 +139,10 @@ class StorageSCP:
         self.ae = self._build_ae()
 
     def _build_ae(self) -> AE:
+        # pynetdicom's "standard" handlers format every PDU and DIMSE message into
+        # log text (with dataset identifiers) even when nobody reads it: CPU per
+        # instance, and patient data one log-level change away from the logs.
+        pynetdicom_config.LOG_HANDLER_LEVEL = "none"
         ae = AE(ae_title=self._listener.ae_title)
         for context in AllStoragePresentationContexts:
             abstract = context.abstract_syntax
