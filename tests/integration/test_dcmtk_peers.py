@@ -297,3 +297,36 @@ def test_four_concurrent_senders_lose_and_mix_nothing(start) -> None:
     with node.sessions() as session:
         counts = dict(session.execute(select(Study.study_instance_uid, Study.received_instances)).all())
     assert sorted(counts.values()) == [35, 35, 150, 170]
+
+
+def test_disk_floor_answers_out_of_resources_on_the_wire(start) -> None:
+    files = sorted((require_shared_data() / "siemens_prisma_E11_t1_fl2d_sag_HFS").iterdir())[:2]
+    node = start(storage={"min_free_disk_mb": 10**12})  # a floor no disk reaches
+    result = storescu(node.scp.port, files, extra=("-nh", "-v"))
+    responses = [line for line in result.stderr.splitlines() if "Received Store Response" in line]
+    assert responses == ["I: Received Store Response (Refused: OutOfResources)"] * 2, result.stderr
+    assert stored_rows(node) == {}
+    assert list(node.store.store_root.iterdir()) == []
+
+
+def test_association_limit_rejects_the_next_peer_transiently(start) -> None:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    node = start(listener={"max_associations": 1})
+    ae = AE(ae_title="HOLDER")
+    ae.add_requested_context(Verification)
+    held = ae.associate("127.0.0.1", node.scp.port, ae_title="SEGNODE")
+    assert held.is_established
+    try:
+        result = subprocess.run(
+            [require_tool("echoscu"), "-aec", "SEGNODE", "127.0.0.1", str(node.scp.port)],
+            capture_output=True, text=True, env=dcmtk_env(), timeout=30,
+        )
+        assert result.returncode != 0
+        assert "Local Limit Exceeded" in result.stderr or "local-limit-exceeded" in result.stderr.lower(), result.stderr
+    finally:
+        held.release()
+    after = subprocess.run([require_tool("echoscu"), "-aec", "SEGNODE", "127.0.0.1", str(node.scp.port)],
+                           env=dcmtk_env(), timeout=30)
+    assert after.returncode == 0

@@ -15,3 +15,16 @@ def test_import_layers_hold() -> None:
     result = subprocess.run([lint_imports], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "KEPT" in result.stdout
+
+
+def test_mypy_strict_passes() -> None:
+    mypy = str(Path(sys.executable).with_name("mypy"))
+    result = subprocess.run([mypy], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_ruff_passes() -> None:
+    ruff = str(Path(sys.executable).with_name("ruff"))
+    result = subprocess.run([ruff, "check", "node", "storage", "config", "pipeline"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:]
