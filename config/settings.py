@@ -268,6 +268,41 @@ class RoutingSettings(_Section):
         return self
 
 
+class SelectionSettings(_Section):
+    """Sequence identification (T1, T1c, T2, FLAIR): patterns a site may override.
+
+    Patterns are case-insensitive regular expressions searched in
+    SeriesDescription + ProtocolName; the physics tags (TR, TE, TI, sequence
+    type, contrast agent) are weighed first, the words second.
+    """
+
+    contrast_pattern: str = (
+        r"post|gad|\+ ?c\b|(?<![a-z0-9])(km|ce|gd|mdc)(?![a-z0-9])|contrast|kontrast|t1c"
+    )
+    pre_contrast_pattern: str = r"(?<![a-z0-9])pre(?![a-z0-9])|nativ|ohne|w/o|without|(?<![a-z0-9])pre[-_ ]?(gad|contrast|km)"
+    exclude_pattern: str = (
+        r"localizer|localiser|scout|survey|(?<![a-z0-9])loc(?![a-z0-9])|3[-_ ]?plane|calibration|"
+        r"asset|sense[-_ ]?ref|(?<![a-z0-9])(mip|mpr|sub|subtraction|reformat)(?![a-z0-9])"
+    )
+    functional_pattern: str = (
+        r"(?<![a-z0-9])(dwi|dti|adc|trace|diff\w*|perf\w*|dsc|dce|bold|fmri|asl|swi|epi|mosaic|tensor)(?![a-z0-9])"
+    )
+    role_patterns: dict[str, str] = {
+        "flair": r"flair|dark[-_ ]?fluid|(?<![a-z0-9])t2.*(?<![a-z0-9])ir(?![a-z0-9])",
+        "t2": r"(?<![a-z0-9])t2(w|_?tse|_?fse)?(?![a-z0-9])",
+        "t1": r"(?<![a-z0-9])t1(w|c|ce)?(?![a-z0-9])|mprage|mp[-_ ]?rage|tfl|bravo|spgr|ffe|flash|vibe",
+    }
+    min_images: Annotated[int, Field(ge=1)] = 10
+
+    @model_validator(mode="after")
+    def _patterns_compile(self) -> SelectionSettings:
+        for name in ("contrast_pattern", "pre_contrast_pattern", "exclude_pattern", "functional_pattern"):
+            _compile(getattr(self, name), f"selection.{name}")
+        for role, pattern in self.role_patterns.items():
+            _compile(pattern, f"selection.role_patterns.{role}")
+        return self
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
@@ -291,6 +326,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = StorageSettings()
     completion: CompletionSettings = CompletionSettings()
     routing: RoutingSettings = RoutingSettings()
+    selection: SelectionSettings = SelectionSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @model_validator(mode="after")

@@ -196,6 +196,47 @@ def rules_test(
         typer.echo(f"{skipped} file(s) were not readable DICOM and were skipped", err=True)
 
 
+@app.command()
+def inspect(
+    path: Annotated[Path, typer.Argument(help="A folder of DICOM files (one or more studies).")],
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show a study's series and which are taken as T1, T1c, T2 and FLAIR, and why."""
+    from node.study_files import read_study_folder
+    from pipeline.selection import identify_sequences
+
+    settings = _settings(config)
+    studies, unreadable = read_study_folder(path)
+    report = []
+    for study_uid, series in studies.items():
+        assignment = identify_sequences(series, settings.selection)
+        report.append({"study_instance_uid": study_uid, **assignment.as_record()})
+    if as_json:
+        typer.echo(json.dumps({"studies": report, "unreadable_files": unreadable}, indent=2))
+        return
+    for study in report:
+        typer.echo(f"study {study['study_instance_uid']}")
+        for role, chosen in study["roles"].items():  # type: ignore[attr-defined]
+            described = (
+                f"{chosen['series_description']!r} {chosen['series_instance_uid']}"
+                if chosen
+                else "MISSING"
+            )
+            typer.echo(f"  {role.upper():<6} {described}")
+        for candidate in study["candidates"]:  # type: ignore[attr-defined]
+            verdict = (
+                candidate["rejected"]
+                and f"rejected: {candidate['rejected']}"
+                or "; ".join(candidate["reasons"])
+            )
+            typer.echo(
+                f"    #{candidate['series_number']} {candidate['series_description']!r}: {verdict}"
+            )
+    if unreadable:
+        typer.echo(f"{unreadable} file(s) were not readable DICOM and were skipped", err=True)
+
+
 def _open_sessions(config: Path | None, data_dir: Path | None) -> Any:
     from node.service import open_storage
 
