@@ -303,6 +303,18 @@ class SelectionSettings(_Section):
         return self
 
 
+class PreprocessingSettings(_Section):
+    """From four converted series to the network's input (the BraTS convention)."""
+
+    spacing_mm: Annotated[float, Field(gt=0)] = 1.0
+    crop_margin_mm: Annotated[float, Field(ge=0)] = 10.0
+    brain_extraction_role: Literal["t1c", "t1"] = "t1c"
+    atlas_path: str = ""
+    """Optional: a T1 atlas (e.g. SRI24 t1) to register the T1c to first, as BraTS does."""
+    spacing_policy: Literal["reject", "resample"] = "reject"
+    """Series whose slice spacing is not uniform: refuse them, or interpolate."""
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
@@ -327,6 +339,7 @@ class Settings(BaseSettings):
     completion: CompletionSettings = CompletionSettings()
     routing: RoutingSettings = RoutingSettings()
     selection: SelectionSettings = SelectionSettings()
+    preprocessing: PreprocessingSettings = PreprocessingSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @model_validator(mode="after")

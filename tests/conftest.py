@@ -17,6 +17,9 @@ from config.settings import Settings, load_settings
 from node.service import Node, start_node
 from tests.helpers import free_port
 
+# The four-series TCGA study fixture (tcga_study, tcga_native), for every test folder.
+pytest_plugins = ["tests.fixtures.study_fixtures"]
+
 POSTGRES_ADMIN_URL = os.environ.get(
     "SEGNODE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )

@@ -145,3 +145,25 @@ def test_compressed_series_decode_to_the_same_voxels(
     )
     assert decoded.GetOrigin() == reference.GetOrigin()
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+@pytest.mark.parametrize("role", ["t1", "t1c", "t2", "flair"])
+def test_tcga_series_convert_to_the_original_voxels_and_affine(tcga_study, role: str) -> None:  # noqa: ANN001
+    """Conversion returns exactly the NIfTI's voxels and geometry (LPS) for every sequence."""
+    built = tcga_study[role]
+    volume = convert_series(built.files).image
+    source = nib.load(built.source_nifti)
+    voxels = np.asarray(source.dataobj, dtype=np.float32)
+    ras_to_lps = np.diag([-1.0, -1.0, 1.0, 1.0])
+    affine = ras_to_lps @ source.affine
+    # Every voxel of our volume, mapped through both geometries, lands on the same value.
+    size = np.asarray(volume.GetSize())
+    ours = sitk.GetArrayFromImage(volume).transpose(2, 1, 0)
+    index = np.stack(np.meshgrid(*[np.arange(n) for n in size], indexing="ij"), axis=-1).reshape(-1, 3)
+    origin = np.asarray(volume.GetOrigin())
+    matrix = np.asarray(volume.GetDirection()).reshape(3, 3) @ np.diag(volume.GetSpacing())
+    points = index @ matrix.T + origin
+    source_index = (np.linalg.inv(affine) @ np.c_[points, np.ones(len(points))].T).T[:, :3]
+    rounded = np.rint(source_index).astype(int)
+    np.testing.assert_allclose(source_index, rounded, atol=1e-3)
+    np.testing.assert_array_equal(ours.reshape(-1), voxels[tuple(rounded.T)])

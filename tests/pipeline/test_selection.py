@@ -207,3 +207,13 @@ def test_inspect_cli_json() -> None:
 def test_facts_are_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         BRAIN_STUDY[0].description = "x"  # type: ignore[misc]
+
+
+def test_tcga_study_roles_are_identified(tcga_study) -> None:  # noqa: ANN001
+    """The four real TCGA-FG-6692 sequences, written as a Siemens-style DICOM study."""
+    folder = next(iter(tcga_study.values())).folder.parent
+    [facts] = read_study_folder(folder)[0].values()
+    assignment = identify_sequences(facts, SETTINGS)
+    expected = {role: built.series_instance_uid for role, built in tcga_study.items()}
+    assert roles(assignment) == expected
+    require_roles(assignment)
