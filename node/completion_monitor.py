@@ -18,7 +18,13 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from config.settings import CompletionSettings, LateSeriesPolicy, RoutingAction, RoutingSettings
+from config.settings import (
+    CompletionSettings,
+    LateSeriesPolicy,
+    RoutingAction,
+    RoutingSettings,
+    SelectionSettings,
+)
 from node.completion import (
     CompletionDecision,
     SeriesTiming,
@@ -29,8 +35,10 @@ from node.completion import (
 )
 from node.logs import log_context
 from node.routing import RoutingDecision, SeriesFacts, route_study
+from pipeline.selection import identify_sequences
+from pipeline.sequence_facts import facts_from_attributes
 from storage.ingest import record_node_event
-from storage.jobs import attach_series, create_job, latest_job
+from storage.jobs import append_job_event, attach_series, create_job, latest_job
 from storage.models import (
     Association,
     Instance,
@@ -65,9 +73,11 @@ class CompletionMonitor:
         completion: CompletionSettings,
         routing: RoutingSettings,
         sessions: sessionmaker[Session],
+        selection: SelectionSettings | None = None,
     ) -> None:
         self._completion = completion
         self._routing = routing
+        self._selection = selection or SelectionSettings()
         self._sessions = sessions
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -269,4 +279,17 @@ class CompletionMonitor:
             series_ids=series_ids,
             detail=detail,
         )
+        append_job_event(session, job.id, "selection", self._identify(study))
         return job.id
+
+    def _identify(self, study: Study) -> dict[str, object]:
+        """Sequence identification from the captured headers, recorded with the job."""
+        facts = [
+            facts_from_attributes(
+                series.series_instance_uid,
+                series.attributes,
+                series.instance_count * int(series.attributes.get("NumberOfFrames") or 1),
+            )
+            for series in study.series
+        ]
+        return identify_sequences(facts, self._selection).as_record()

@@ -20,6 +20,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
 from node.errors import InvalidInstanceError
+from pipeline.sequence_facts import ENHANCED_MR_STORAGE, enhanced_attributes
 from storage.errors import UnsafeUidError
 from storage.filestore import check_uid
 
@@ -58,6 +59,7 @@ CAPTURED_KEYWORDS: tuple[str, ...] = (
     "ManufacturerModelName",
     "MagneticFieldStrength",
     "SOPClassUID",
+    "DiffusionBValue",
 )
 
 
@@ -93,6 +95,13 @@ def capture_attributes(dataset: Dataset, keywords: tuple[str, ...]) -> dict[str,
         if value is not None:
             captured[keyword] = value
     return captured
+
+
+def _with_enhanced(dataset: Dataset, captured: dict[str, Any]) -> dict[str, Any]:
+    """Enhanced MR keeps TR/TE/TI in functional groups: capture them under the classic names."""
+    if str(dataset.get("SOPClassUID", "")) != ENHANCED_MR_STORAGE:
+        return captured
+    return {**enhanced_attributes(dataset), **captured}
 
 
 def _required_uid(dataset: Dataset, keyword: str) -> str:
@@ -185,5 +194,7 @@ def read_instance_header(
         modality=str(dataset.get("Modality") or "") or None,
         series_number=int(series_number) if series_number not in (None, "") else None,
         series_description=str(description)[:128] if description else None,
-        attributes=capture_attributes(dataset, CAPTURED_KEYWORDS + extra_keywords),
+        attributes=_with_enhanced(
+            dataset, capture_attributes(dataset, CAPTURED_KEYWORDS + extra_keywords)
+        ),
     )

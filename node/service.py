@@ -74,7 +74,7 @@ def start_node(settings: Settings) -> Node:
         "node starting",
         extra={"partial_files_removed": partial, "associations_interrupted": interrupted},
     )
-    monitor = CompletionMonitor(settings.completion, settings.routing, sessions)
+    monitor = CompletionMonitor(settings.completion, settings.routing, sessions, settings.selection)
     receiver = InstanceReceiver(
         store, sessions, settings.storage, extra_keywords=rule_keywords(settings.routing)
     )

@@ -85,8 +85,11 @@ def test_study_fires_after_quiet_time_with_the_reason_recorded(make_settings) ->
     assert job.state == "received" and job.routing_rule == "brain-mr"
     with h.sessions() as session:
         assert len(session.execute(select(JobSeries).where(JobSeries.job_id == job.id)).all()) == 1
-        created = session.execute(select(JobEvent)).scalar_one()
+        created, selection = session.execute(select(JobEvent).order_by(JobEvent.id)).scalars()
         assert created.kind == "created" and "rules_evaluated" in created.detail
+        assert selection.kind == "selection"
+        [candidate] = selection.detail["candidates"]
+        assert candidate["rejected"] == "only 5 images (< 10): not a volume"
         kinds = session.execute(select(NodeEvent.kind)).scalars().all()
     assert "study_complete" in kinds
     assert h.tick_after(120) == []  # fires once
@@ -125,7 +128,7 @@ def test_late_series_starts_a_new_job(make_settings) -> None:
     with h.sessions() as session:
         covered = session.execute(select(JobSeries).where(JobSeries.job_id == second.id)).all()
         created = session.execute(
-            select(JobEvent).where(JobEvent.job_id == second.id)
+            select(JobEvent).where(JobEvent.job_id == second.id, JobEvent.kind == "created")
         ).scalar_one()
         reopened = session.execute(select(NodeEvent).where(NodeEvent.kind == "study_reopened")).scalar_one()
     assert len(covered) == 2
@@ -145,7 +148,7 @@ def test_late_series_attaches_to_a_job_that_has_not_started(make_settings) -> No
     with h.sessions() as session:
         kinds = session.execute(select(JobEvent.kind).where(JobEvent.job_id == job.id)).scalars().all()
         covered = session.execute(select(JobSeries).where(JobSeries.job_id == job.id)).all()
-    assert kinds == ["created", "series_attached"]
+    assert kinds == ["created", "selection", "series_attached"]
     assert len(covered) == 2
 
 
@@ -179,3 +182,21 @@ def test_completion_resumes_from_the_database_after_a_restart(make_settings) -> 
     second = Harness(settings)
     [outcome] = second.tick_after(61)
     assert outcome.new_state == "complete"
+
+
+def test_job_records_the_sequence_identification(make_settings, tcga_study) -> None:  # noqa: ANN001
+    """The four real TCGA sequences, received as DICOM: the job names each role's series
+    and why every series was chosen."""
+    h = harness(make_settings)
+    for built in tcga_study.values():
+        for path in built.files:
+            h.receive(path.read_bytes())
+    [outcome] = h.tick_after(61)
+    with h.sessions() as session:
+        selection = session.execute(
+            select(JobEvent).where(JobEvent.job_id == outcome.job_id, JobEvent.kind == "selection")
+        ).scalar_one()
+    chosen = {role: entry["series_instance_uid"] for role, entry in selection.detail["roles"].items()}
+    assert chosen == {role: built.series_instance_uid for role, built in tcga_study.items()}
+    assert selection.detail["missing"] == []
+    assert all(candidate["reasons"] for candidate in selection.detail["candidates"])
