@@ -8,32 +8,45 @@ bundles such as the MONAI model zoo's BraTS bundle (16 filters).
 from __future__ import annotations
 
 import torch
-from monai.networks.nets import SegResNet, SegResNetVAE
+from monai.networks.nets.segresnet import SegResNet, SegResNetVAE
 
 from pipeline.model.manifest import ArchitectureSpec
 
 
 def build_network(spec: ArchitectureSpec) -> torch.nn.Module:
-    common = {
-        "spatial_dims": 3,
-        "init_filters": spec.init_filters,
-        "in_channels": spec.in_channels,
-        "out_channels": spec.out_channels,
-        "dropout_prob": spec.dropout_prob,
-        "norm": ("GROUP", {"num_groups": spec.norm_groups}),
-        "blocks_down": spec.blocks_down,
-        "blocks_up": spec.blocks_up,
-    }
+    norm = ("GROUP", {"num_groups": spec.norm_groups})
     if spec.name == "SegResNetVAE":
         if spec.vae_input_shape is None:
             raise ValueError("SegResNetVAE needs vae_input_shape (the training crop)")
-        return SegResNetVAE(input_image_size=spec.vae_input_shape, vae_estimate_std=False, **common)
-    return SegResNet(**common)
+        return SegResNetVAE(
+            input_image_size=spec.vae_input_shape,
+            vae_estimate_std=False,
+            spatial_dims=3,
+            init_filters=spec.init_filters,
+            in_channels=spec.in_channels,
+            out_channels=spec.out_channels,
+            dropout_prob=spec.dropout_prob,
+            norm=norm,
+            blocks_down=spec.blocks_down,
+            blocks_up=spec.blocks_up,
+        )
+    return SegResNet(
+        spatial_dims=3,
+        init_filters=spec.init_filters,
+        in_channels=spec.in_channels,
+        out_channels=spec.out_channels,
+        dropout_prob=spec.dropout_prob,
+        norm=norm,
+        blocks_down=spec.blocks_down,
+        blocks_up=spec.blocks_up,
+    )
 
 
 def segmentation_logits(network: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
     """Logits of the segmentation head, whatever the network (the VAE output is dropped)."""
     output = network(batch)
     if isinstance(output, tuple):
-        return output[0]
-    return output
+        logits: torch.Tensor = output[0]
+        return logits
+    result: torch.Tensor = output
+    return result
