@@ -340,6 +340,16 @@ def jobs_show(job_id: int, config: ConfigOption = None, data_dir: DataDirOption 
     typer.echo(json.dumps(payload, indent=2))
 
 
+def _register_commands() -> None:
+    """Commands that live in node/commands/ (one module each)."""
+    from node.commands import models
+
+    models.register(app)
+
+
+_register_commands()
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 
