@@ -342,9 +342,10 @@ def jobs_show(job_id: int, config: ConfigOption = None, data_dir: DataDirOption 
 
 def _register_commands() -> None:
     """Commands that live in node/commands/ (one module each)."""
-    from node.commands import models
+    from node.commands import evaluate, models, predict
 
-    models.register(app)
+    for module in (predict, evaluate, models):
+        module.register(app)
 
 
 _register_commands()

@@ -26,3 +26,11 @@ class BrainExtractionError(PipelineError):
 
 class RegistrationError(PipelineError):
     """Co-registration failed or did not converge."""
+
+
+class InferenceError(PipelineError):
+    """The network could not be run on a volume (wrong shape, channels or settings)."""
+
+
+class EvaluationError(PipelineError):
+    """A prediction and its reference cannot be compared (grids differ, files unmatched)."""

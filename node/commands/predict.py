@@ -1,0 +1,102 @@
+"""``segnode predict``: segment one preprocessed BraTS-style case folder into a NIfTI label map.
+
+Thin: options in, ``pipeline.model.prediction.predict_case`` does the work, a summary out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from config.errors import SegnodeError
+from pipeline.model.errors import ModelNotFoundError
+from pipeline.model.labels import LabelConvention
+from pipeline.model.prediction import PredictionSummary, predict_case
+
+
+def resolve_model(model: str | None) -> Path:
+    """The model folder named by ``--model``.
+
+    Only folders for now; the model registry will add id lookup (and a default model).
+    """
+    if model is None or not Path(model).is_dir():
+        given = "no --model given" if model is None else f"{model!r} is not a model folder"
+        raise ModelNotFoundError(
+            f"{given}: pass --model with the path of a model folder (manifest.json and its "
+            "weights); looking models up by id needs the model registry, not available yet"
+        )
+    return Path(model)
+
+
+def describe(summary: PredictionSummary) -> str:
+    """Console summary: where the labels went, how they were made, what post-processing did."""
+    record = summary.postprocessing
+    counts = record.voxel_counts
+    window = "x".join(map(str, summary.roi_size)) if summary.roi_size else None
+    lines = [
+        f"wrote {summary.output} (labels 1 NCR, 2 ED, {record.convention.enhancing} ET; "
+        f"BraTS {record.convention.value} convention)",
+        f"model {summary.model_id} (sha256 {summary.weights_sha256[:12]}), "
+        f"TTA {'on' if summary.tta else 'off'}, "
+        + (f"sliding window {window}" if window else "full volume")
+        + f", {summary.device}, {summary.inference_s:.1f} s",
+        f"voxels: NCR {counts['ncr']}, ED {counts['ed']}, ET {counts['et']}",
+    ]
+    if record.min_component_voxels:
+        lines.append(
+            f"removed {record.components_removed} tumour components smaller than "
+            f"{record.min_component_voxels} voxels ({record.component_voxels_removed} voxels)"
+        )
+    if record.et_relabelled_as_ncr:
+        lines.append(
+            f"ET of {record.et_voxels_found} voxels (< {record.et_min_voxels}) relabelled as NCR"
+        )
+    return "\n".join(lines)
+
+
+def predict(
+    case_dir: Annotated[
+        Path, typer.Argument(help="Preprocessed case folder: t1, t1c, t2, FLAIR as NIfTI.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Label map to write (.nii.gz).")],
+    model: Annotated[
+        str | None, typer.Option("--model", help="Model folder (manifest.json + weights).")
+    ] = None,
+    labels: Annotated[
+        LabelConvention, typer.Option("--labels", help="Label values: 2021 (ET=4) or 2023 (ET=3).")
+    ] = LabelConvention.BRATS_2021,
+    tta: Annotated[
+        bool, typer.Option("--tta/--no-tta", help="Average over 8 axis flips (8x slower).")
+    ] = True,
+    roi: Annotated[
+        tuple[int, int, int] | None,
+        typer.Option(help="Sliding-window size X Y Z (multiples of 8); default: by volume size."),
+    ] = None,
+    et_min_voxels: Annotated[int, typer.Option(help="A smaller ET becomes NCR (0: never).")] = 500,
+    min_component_voxels: Annotated[
+        int, typer.Option(help="Smaller tumour components are removed (0: none).")
+    ] = 50,
+) -> None:
+    """Segment a preprocessed case folder into a NIfTI label map (research use only)."""
+    try:
+        summary = predict_case(
+            case_dir,
+            out,
+            resolve_model(model),
+            convention=labels,
+            tta=tta,
+            roi_size=roi,
+            et_min_voxels=et_min_voxels or None,
+            min_component_voxels=min_component_voxels or None,
+        )
+    except SegnodeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(describe(summary))
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``predict`` to a typer app (node/cli.py wires it into ``segnode``)."""
+    app.command("predict")(predict)
