@@ -342,9 +342,9 @@ def jobs_show(job_id: int, config: ConfigOption = None, data_dir: DataDirOption 
 
 def _register_commands() -> None:
     """Commands that live in node/commands/ (one module each)."""
-    from node.commands import evaluate, models, predict
+    from node.commands import evaluate, models, predict, train
 
-    for module in (predict, evaluate, models):
+    for module in (train, predict, evaluate, models):
         module.register(app)
 
 

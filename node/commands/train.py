@@ -1,0 +1,131 @@
+"""``segnode train``: train the paper's network on BraTS-style case folders.
+
+A thin entry point: it maps options onto :class:`pipeline.model.training.TrainConfig`,
+prints one line per step, and reports the model folder. Everything else lives in
+``pipeline.model.training`` so it can be tested and reused without a command line.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from config.errors import SegnodeError
+from pipeline.model import training
+from pipeline.model.augmentation import PAPER_CROP
+
+
+def _print_step(report: training.StepReport) -> None:
+    losses = report.losses
+    typer.echo(
+        f"epoch {report.epoch}/{report.epochs} step {report.step}/{report.steps} "
+        f"[{report.case_id}] loss {losses['total']:.4f} (dice {losses['dice']:.4f}, "
+        f"l2 {losses['l2']:.4f}, kl {losses['kl']:.4f}) {report.seconds:.1f} s",
+        err=True,
+    )
+
+
+def train(
+    out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoint, log, model/.")],
+    case: Annotated[
+        list[Path] | None,
+        typer.Option("--case", help="A labelled case folder (repeatable).", file_okay=False),
+    ] = None,
+    root: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--root", help="Folder searched for labelled cases (repeatable).", file_okay=False
+        ),
+    ] = None,
+    val_case: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--val-case", help="A labelled validation case folder (repeatable).", file_okay=False
+        ),
+    ] = None,
+    val_every: Annotated[
+        int, typer.Option("--val-every", help="Validate after every N-th epoch and the last.")
+    ] = 1,
+    epochs: Annotated[int, typer.Option(help="Epochs (each case once per epoch).")] = 300,
+    crop: Annotated[
+        tuple[int, int, int],
+        typer.Option(help="Training crop X Y Z (multiples of 16 with the VAE)."),
+    ] = PAPER_CROP,
+    filters: Annotated[int, typer.Option(help="init_filters: 32 (paper) or 16.")] = 32,
+    vae: Annotated[
+        bool, typer.Option("--vae/--no-vae", help="SegResNetVAE (paper) or SegResNet.")
+    ] = True,
+    seed: Annotated[int, typer.Option(help="Seed for every random draw.")] = 0,
+    foreground_crops: Annotated[
+        float,
+        typer.Option(
+            "--foreground-crops",
+            help="Share of crops centred on tumour (0 = the paper's uniform crop).",
+        ),
+    ] = 0.0,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the run folder's checkpoint.")
+    ] = False,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda or cuda:N (default: CUDA if present).")
+    ] = None,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", help="At most N steps per epoch.")
+    ] = None,
+    fp16_weights: Annotated[
+        bool, typer.Option("--fp16-weights", help="Store model.pt in float16.")
+    ] = False,
+    model_id: Annotated[
+        str | None, typer.Option("--model-id", help="Manifest id of the trained model.")
+    ] = None,
+    note: Annotated[str, typer.Option(help="Appended to the manifest's training_data.")] = "",
+    quiet: Annotated[bool, typer.Option("--quiet", help="No per-step lines.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Train SegResNetVAE as in Myronenko 2018 and write a model folder with its manifest."""
+    try:
+        config = training.TrainConfig(
+            out_dir=out,
+            cases=tuple(case or ()),
+            data_roots=tuple(root or ()),
+            val_cases=tuple(val_case or ()),
+            val_every=val_every,
+            epochs=epochs,
+            crop=crop,
+            init_filters=filters,
+            vae=vae,
+            seed=seed,
+            foreground_probability=foreground_crops,
+            resume=resume,
+            device=device,
+            max_steps_per_epoch=max_steps,
+            fp16_weights=fp16_weights,
+            model_id=model_id,
+            training_data_note=note,
+        )
+        result = training.train(config, progress=None if quiet else _print_step)
+    except SegnodeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    summary = {
+        "model_dir": str(result.model_dir),
+        "manifest": str(result.manifest_path),
+        "log": str(result.log_path),
+        "first_epoch": result.first_epoch,
+        "epochs_completed": result.epochs_completed,
+        "metrics": result.metrics,
+    }
+    if json_output:
+        json.dump(summary, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        typer.echo(f"model folder: {result.model_dir} ({result.epochs_completed} epochs)")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``train`` to the segnode CLI (node/cli.py calls this)."""
+    app.command("train")(train)

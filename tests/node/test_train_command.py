@@ -1,0 +1,95 @@
+"""`segnode train` through its own Typer app (node/cli.py wires the same ``register``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from node.commands import train as train_command
+from pipeline.model import training
+from pipeline.model.manifest import ModelManifest
+from tests.helpers import SHARED_DATA
+
+TCGA = SHARED_DATA / "nifti" / "TCGA-FG-6692_sri24_skullstripped"
+TOOLKIT = SHARED_DATA / "nifti" / "brats-toolkit-preprocessed-case"
+
+
+def cli() -> typer.Typer:
+    app = typer.Typer()
+
+    @app.callback()
+    def main() -> None:
+        """Keeps ``train`` a sub-command, as in segnode (a lone command becomes the root)."""
+
+    train_command.register(app)
+    return app
+
+
+def test_options_map_onto_the_train_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[training.TrainConfig] = []
+
+    def fake_train(config: training.TrainConfig, progress: object = None) -> training.TrainResult:
+        seen.append(config)
+        return training.TrainResult(
+            model_dir=config.out_dir / "model",
+            weights_path=config.out_dir / "model" / "model.pt",
+            manifest_path=config.out_dir / "model" / "manifest.json",
+            checkpoint_path=config.out_dir / "checkpoint.pt",
+            log_path=config.out_dir / "train_log.jsonl",
+            first_epoch=3,
+            epochs_completed=4,
+            metrics={"epochs": 4},
+        )
+
+    monkeypatch.setattr(training, "train", fake_train)
+    args = ["train", "--case", str(tmp_path / "a"), "--case", str(tmp_path / "b")]
+    args += ["--val-case", str(tmp_path / "v"), "--root", str(tmp_path / "r")]
+    args += ["--epochs", "4", "--crop", "128", "128", "96", "--filters", "16", "--seed", "7"]
+    args += ["--out", str(tmp_path / "run"), "--resume", "--max-steps", "2", "--fp16-weights"]
+    args += ["--device", "cpu", "--model-id", "brats-cpu-16f", "--foreground-crops", "0.5"]
+    args += ["--val-every", "5", "--json"]
+    result = CliRunner().invoke(cli(), args)
+    assert result.exit_code == 0, result.output
+    [config] = seen
+    assert config.cases == (tmp_path / "a", tmp_path / "b")
+    assert config.val_cases == (tmp_path / "v",) and config.data_roots == (tmp_path / "r",)
+    assert (config.epochs, config.crop, config.init_filters, config.seed) == (
+        4,
+        (128, 128, 96),
+        16,
+        7,
+    )
+    assert config.resume and config.fp16_weights and config.vae
+    assert (config.max_steps_per_epoch, config.device, config.model_id) == (
+        2,
+        "cpu",
+        "brats-cpu-16f",
+    )
+    assert config.out_dir == tmp_path / "run" and config.foreground_probability == 0.5
+    assert config.val_every == 5
+    summary = json.loads(result.stdout)
+    assert summary["first_epoch"] == 3 and summary["epochs_completed"] == 4
+
+
+def test_bad_crop_is_an_error_message_not_a_traceback(tmp_path: Path) -> None:
+    args = ["train", "--case", str(tmp_path), "--crop", "100", "100", "100", "--out", str(tmp_path)]
+    result = CliRunner().invoke(cli(), args)
+    assert result.exit_code == 1
+    assert "error: crop (100, 100, 100)" in result.output
+    assert "multiple of 16" in result.output
+
+
+def test_a_real_one_step_run(tmp_path: Path) -> None:
+    if not TCGA.is_dir():
+        pytest.skip(f"REAL DATA MISSING: {TCGA} not found; needs ../shared/data/nifti")
+    args = ["train", "--case", str(TCGA), "--epochs", "1", "--crop", "32", "32", "32"]
+    args += ["--filters", "8", "--max-steps", "1", "--device", "cpu", "--out", str(tmp_path)]
+    result = CliRunner().invoke(cli(), args)
+    assert result.exit_code == 0, result.output
+    assert "epoch 1/1 step 1/1 [TCGA-FG-6692_sri24_skullstripped] loss" in result.output
+    assert f"model folder: {tmp_path / 'model'} (1 epochs)" in result.output
+    assert ModelManifest.read(tmp_path / "model").architecture.vae_input_shape == (32, 32, 32)
