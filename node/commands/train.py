@@ -82,6 +82,9 @@ def train(
     model_id: Annotated[
         str | None, typer.Option("--model-id", help="Manifest id of the trained model.")
     ] = None,
+    learning_rate: Annotated[
+        float, typer.Option("--lr", help="Initial Adam learning rate (paper: 1e-4).")
+    ] = 1e-4,
     note: Annotated[str, typer.Option(help="Appended to the manifest's training_data.")] = "",
     quiet: Annotated[bool, typer.Option("--quiet", help="No per-step lines.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -106,6 +109,7 @@ def train(
             fp16_weights=fp16_weights,
             model_id=model_id,
             training_data_note=note,
+            learning_rate=learning_rate,
         )
         result = training.train(config, progress=None if quiet else _print_step)
     except SegnodeError as exc:
