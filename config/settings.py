@@ -284,9 +284,7 @@ class SelectionSettings(_Section):
         r"localizer|localiser|scout|survey|(?<![a-z0-9])loc(?![a-z0-9])|3[-_ ]?plane|calibration|"
         r"asset|sense[-_ ]?ref|(?<![a-z0-9])(mip|mpr|sub|subtraction|reformat)(?![a-z0-9])"
     )
-    functional_pattern: str = (
-        r"(?<![a-z0-9])(dwi|dti|adc|trace|diff\w*|perf\w*|dsc|dce|bold|fmri|asl|swi|epi|mosaic|tensor)(?![a-z0-9])"
-    )
+    functional_pattern: str = r"(?<![a-z0-9])(dwi|dti|adc|trace|diff\w*|perf\w*|dsc|dce|bold|fmri|asl|swi|epi|mosaic|tensor)(?![a-z0-9])"
     role_patterns: dict[str, str] = {
         "flair": r"flair|dark[-_ ]?fluid|(?<![a-z0-9])t2.*(?<![a-z0-9])ir(?![a-z0-9])",
         "t2": r"(?<![a-z0-9])t2(w|_?tse|_?fse)?(?![a-z0-9])",
@@ -296,7 +294,12 @@ class SelectionSettings(_Section):
 
     @model_validator(mode="after")
     def _patterns_compile(self) -> SelectionSettings:
-        for name in ("contrast_pattern", "pre_contrast_pattern", "exclude_pattern", "functional_pattern"):
+        for name in (
+            "contrast_pattern",
+            "pre_contrast_pattern",
+            "exclude_pattern",
+            "functional_pattern",
+        ):
             _compile(getattr(self, name), f"selection.{name}")
         for role, pattern in self.role_patterns.items():
             _compile(pattern, f"selection.role_patterns.{role}")
@@ -313,6 +316,22 @@ class PreprocessingSettings(_Section):
     """Optional: a T1 atlas (e.g. SRI24 t1) to register the T1c to first, as BraTS does."""
     spacing_policy: Literal["reject", "resample"] = "reject"
     """Series whose slice spacing is not uniform: refuse them, or interpolate."""
+
+
+class ModelSettings(_Section):
+    """Which segmentation model the node runs, and how."""
+
+    default: str = "segnode-reference-v1"
+    """Model id: an imported model under <data_dir>/models or a built-in one."""
+    ensemble: list[str] = []
+    """Further model ids whose outputs are averaged with the default's."""
+    tta: bool = True
+    """Test-time augmentation: mean over the 8 axis flips (paper section 4)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    et_min_voxels: Annotated[int, Field(ge=0)] = 500
+    """Enhancing tumour smaller than this is relabelled necrosis (0 = off)."""
+    min_component_voxels: Annotated[int, Field(ge=0)] = 50
+    """Whole-tumour components smaller than this are removed (0 = off)."""
 
 
 class LoggingSettings(_Section):
@@ -340,6 +359,7 @@ class Settings(BaseSettings):
     routing: RoutingSettings = RoutingSettings()
     selection: SelectionSettings = SelectionSettings()
     preprocessing: PreprocessingSettings = PreprocessingSettings()
+    model: ModelSettings = ModelSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @model_validator(mode="after")
@@ -371,7 +391,11 @@ class Settings(BaseSettings):
         if toml_file is not None:
             # A site's file is layered over the shipped defaults (tables merge,
             # lists such as routing.rules replace), so it only states what differs.
-            files = [DEFAULT_CONFIG_PATH] if toml_file == DEFAULT_CONFIG_PATH else [DEFAULT_CONFIG_PATH, toml_file]
+            files = (
+                [DEFAULT_CONFIG_PATH]
+                if toml_file == DEFAULT_CONFIG_PATH
+                else [DEFAULT_CONFIG_PATH, toml_file]
+            )
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=files, deep_merge=True))
         return tuple(sources)
 

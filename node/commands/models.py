@@ -18,7 +18,7 @@ from config.errors import ConfigError
 from config.settings import load_settings
 from pipeline.model.errors import ModelError
 from pipeline.model.manifest import ModelManifest
-from pipeline.model.registry import MANIFEST, ModelRegistry
+from pipeline.model.registry import MANIFEST, ModelRegistry, node_registry
 
 models_app = typer.Typer(
     no_args_is_help=True, help="Segmentation models (the registry under <data_dir>/models)."
@@ -46,7 +46,7 @@ def _registry(config: Path | None, data_dir: Path | None) -> ModelRegistry:
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    return ModelRegistry(settings.storage.data_dir / "models")
+    return node_registry(settings.storage.data_dir)
 
 
 def _fail(exc: ModelError) -> typer.Exit:

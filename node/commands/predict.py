@@ -6,28 +6,31 @@ Thin: options in, ``pipeline.model.prediction.predict_case`` does the work, a su
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from config.errors import SegnodeError
+from config.settings import load_settings
 from pipeline.model.errors import ModelNotFoundError
 from pipeline.model.labels import LabelConvention
 from pipeline.model.prediction import PredictionSummary, predict_case
+from pipeline.model.registry import node_registry
 
 
-def resolve_model(model: str | None) -> Path:
-    """The model folder named by ``--model``.
-
-    Only folders for now; the model registry will add id lookup (and a default model).
-    """
-    if model is None or not Path(model).is_dir():
-        given = "no --model given" if model is None else f"{model!r} is not a model folder"
-        raise ModelNotFoundError(
-            f"{given}: pass --model with the path of a model folder (manifest.json and its "
-            "weights); looking models up by id needs the model registry, not available yet"
-        )
-    return Path(model)
+def resolve_model(
+    model: str | None, config: Path | None = None, data_dir: Path | None = None
+) -> Path:
+    """The model folder named by ``--model``: a folder path, or an id in the node's registry
+    (``<data_dir>/models`` and the built-in models); none given means ``model.default``."""
+    if model is not None and Path(model).is_dir():
+        return Path(model)
+    overrides: dict[str, Any] = {"storage": {"data_dir": str(data_dir)}} if data_dir else {}
+    settings = load_settings(config, overrides)
+    model_id = model or settings.model.default
+    if not model_id:
+        raise ModelNotFoundError("no --model given and no model.default configured")
+    return node_registry(settings.storage.data_dir).folder(model_id)
 
 
 def describe(summary: PredictionSummary) -> str:
@@ -62,7 +65,16 @@ def predict(
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Label map to write (.nii.gz).")],
     model: Annotated[
-        str | None, typer.Option("--model", help="Model folder (manifest.json + weights).")
+        str | None,
+        typer.Option(
+            "--model", help="Model id in the registry, or a model folder (default: model.default)."
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="TOML configuration file.")
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="Registry is DIR/models.")
     ] = None,
     labels: Annotated[
         LabelConvention, typer.Option("--labels", help="Label values: 2021 (ET=4) or 2023 (ET=3).")
@@ -84,7 +96,7 @@ def predict(
         summary = predict_case(
             case_dir,
             out,
-            resolve_model(model),
+            resolve_model(model, config, data_dir),
             convention=labels,
             tta=tta,
             roi_size=roi,

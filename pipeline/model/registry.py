@@ -116,22 +116,32 @@ def _load_folder(folder: Path, manifest: ModelManifest, device: torch.device | s
 class ModelRegistry:
     """The models under one root folder (normally ``<data_dir>/models``)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, builtin_roots: Sequence[Path] = ()) -> None:
+        """Args:
+        root: where imported models go (normally ``<data_dir>/models``).
+        builtin_roots: read-only folders of models shipped with segnode (the
+            reference weights); an imported model with the same id wins.
+        """
         self._root = Path(root)
+        self._builtin = tuple(Path(folder) for folder in builtin_roots)
 
     @property
     def root(self) -> Path:
         return self._root
 
     def ids(self) -> builtins.list[str]:
-        """Registered ids, sorted; hidden (staging) folders are not models."""
-        if not self._root.is_dir():
-            return []
-        return sorted(
-            child.name
-            for child in self._root.iterdir()
-            if child.is_dir() and not child.name.startswith(".") and (child / MANIFEST).is_file()
-        )
+        """Registered ids (imported and built in), sorted; hidden (staging) folders are not models."""
+        found: set[str] = set()
+        for root in (self._root, *self._builtin):
+            if root.is_dir():
+                found.update(
+                    child.name
+                    for child in root.iterdir()
+                    if child.is_dir()
+                    and not child.name.startswith(".")
+                    and (child / MANIFEST).is_file()
+                )
+        return sorted(found)
 
     def list(self) -> builtins.list[ModelManifest]:
         """Every registered manifest, by id.
@@ -148,7 +158,8 @@ class ModelRegistry:
         Raises:
             ModelNotFoundError: unknown id; the message lists the registered ones.
         """
-        folder = self._root / model_id
+        candidates = [root / model_id for root in (self._root, *self._builtin)]
+        folder = next((c for c in candidates if (c / MANIFEST).is_file()), candidates[0])
         if not _ID.match(model_id) or not (folder / MANIFEST).is_file():
             available = ", ".join(self.ids()) or "none"
             raise ModelNotFoundError(
@@ -322,3 +333,12 @@ class _Staging:
     def __exit__(self, *exc_info: object) -> None:
         if self.path.exists():
             shutil.rmtree(self.path, ignore_errors=True)
+
+
+BUILTIN_MODELS = Path(__file__).with_name("builtin")
+"""Models shipped with segnode (the reference weights and their model card)."""
+
+
+def node_registry(data_dir: Path) -> ModelRegistry:
+    """The registry a node uses: ``<data_dir>/models`` plus the built-in models."""
+    return ModelRegistry(Path(data_dir) / "models", builtin_roots=(BUILTIN_MODELS,))

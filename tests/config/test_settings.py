@@ -22,7 +22,7 @@ def test_default_file_equals_model_defaults_except_the_shipped_rules() -> None:
 
 def test_every_option_in_the_model_is_documented_in_the_default_file() -> None:
     text = DEFAULT_CONFIG_PATH.read_text()
-    for section in ("listener", "storage", "selection", "preprocessing", "logging"):
+    for section in ("listener", "storage", "selection", "preprocessing", "model", "logging"):
         for key in type(getattr(Settings(), section)).model_fields:
             documented = f"\n{key} = " in text or f"[{section}.{key}]" in text
             assert documented, f"{section}.{key} missing from node.toml"
@@ -80,7 +80,7 @@ def test_check_config_cli_prints_the_effective_configuration() -> None:
 def test_default_file_is_valid_toml_with_documented_sections() -> None:
     data = tomllib.loads(DEFAULT_CONFIG_PATH.read_text())
     assert set(data) == {
-        "listener", "storage", "completion", "routing", "selection", "preprocessing", "logging"
+        "listener", "storage", "completion", "routing", "selection", "preprocessing", "model", "logging"
     }
 
 

@@ -138,13 +138,15 @@ def test_predict_refuses_corrupt_weights(tmp_path: Path) -> None:
     assert not out.exists()
 
 
-def test_predict_without_a_model_folder_says_what_to_pass(tmp_path: Path) -> None:
+def test_predict_with_an_unknown_model_id_lists_the_known_ones(tmp_path: Path) -> None:
     _synthetic_case(tmp_path / "case")
     result = CliRunner().invoke(
-        _app(), ["predict", str(tmp_path / "case"), "--out", str(tmp_path / "x.nii.gz")]
+        _app(),
+        ["predict", str(tmp_path / "case"), "--out", str(tmp_path / "x.nii.gz"),
+         "--model", "no-such-model", "--data-dir", str(tmp_path / "data")],
     )
     assert result.exit_code == 1
-    assert "--model" in result.output and "model folder" in result.output
+    assert "no model 'no-such-model'" in result.output and "available" in result.output
 
 
 def test_evaluate_prints_a_table_and_json() -> None:
