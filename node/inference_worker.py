@@ -1,0 +1,116 @@
+"""Inference in a worker process, never in the DICOM listener's process.
+
+Why a separate process: a forward pass holds the CPU (and the GIL) for seconds to minutes
+and needs gigabytes; the listener must keep answering C-STOREs meanwhile, and a crash in
+native code (CUDA, a corrupt model) must not take the listener down. One worker per device
+(the embedded default: one), started with ``spawn`` so it inherits no threads or sockets
+from the listener. Models are loaded once per worker and verified against their sha256.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.model.inference import choose_roi, postprocess, predict_regions
+from pipeline.model.labels import LabelConvention
+from pipeline.model.registry import LoadedModel, node_registry
+
+
+@dataclass(frozen=True)
+class SegmentationRequest:
+    """One preprocessed study: channels in ``roles`` order, (C, X, Y, Z) float32."""
+
+    image: np.ndarray
+    roles: tuple[str, ...]
+    model_ids: tuple[str, ...]
+    data_dir: Path
+    tta: bool = True
+    device: str = "auto"
+    et_min_voxels: int | None = 500
+    min_component_voxels: int | None = 50
+    convention: LabelConvention = LabelConvention.BRATS_2021
+
+
+@dataclass(frozen=True)
+class SegmentationResult:
+    labels: np.ndarray
+    """(X, Y, Z) uint8 BraTS labels on the request's grid."""
+    models: tuple[dict[str, str], ...]
+    """id, version and sha256 of every model used (for the job's provenance)."""
+    record: dict[str, object] = field(default_factory=dict)
+    worker_pid: int = 0
+
+
+_models: dict[tuple[str, str], LoadedModel] = {}
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _model(data_dir: Path, model_id: str, device: torch.device) -> LoadedModel:
+    key = (model_id, str(device))
+    if key not in _models:
+        _models[key] = node_registry(data_dir).load(model_id, device)
+    return _models[key]
+
+
+def segment(request: SegmentationRequest) -> SegmentationResult:
+    """Run in the worker: the models' channel orders are honoured per model."""
+    device = _device(request.device)
+    loaded = [_model(request.data_dir, model_id, device) for model_id in request.model_ids]
+    probabilities = []
+    for model in loaded:
+        order = [request.roles.index(role) for role in model.manifest.input_channels]
+        probabilities.append(
+            predict_regions(
+                [model.network],
+                np.ascontiguousarray(request.image[order]),
+                output_channels=model.manifest.output_channels,
+                tta=request.tta,
+                roi_size=choose_roi(request.image.shape[1:]),
+                device=device,
+                amp_dtype=torch.bfloat16 if device.type == "cuda" else None,
+            )
+        )
+    mean = np.mean(probabilities, axis=0)
+    labels, record = postprocess(
+        mean,
+        et_min_voxels=request.et_min_voxels or None,
+        min_component_voxels=request.min_component_voxels or None,
+        convention=request.convention,
+    )
+    return SegmentationResult(
+        labels=labels,
+        models=tuple(
+            {"id": m.manifest.id, "version": m.manifest.version, "sha256": m.sha256} for m in loaded
+        ),
+        record={"postprocessing": record.as_dict(), "device": str(device), "tta": request.tta},
+        worker_pid=os.getpid(),
+    )
+
+
+class InferenceWorker:
+    """A one-process pool per device; ``run`` blocks until the worker answers."""
+
+    def __init__(self, workers: int = 1) -> None:
+        self._pool = ProcessPoolExecutor(
+            max_workers=workers, mp_context=multiprocessing.get_context("spawn")
+        )
+
+    def run(
+        self, request: SegmentationRequest, timeout_s: float | None = None
+    ) -> SegmentationResult:
+        return self._pool.submit(segment, request).result(timeout=timeout_s)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,35 @@
+"""Inference runs in a separate worker process with verified models from the registry."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from node.inference_worker import InferenceWorker, SegmentationRequest
+from pipeline.model.registry import ModelRegistry
+from tests.pipeline.model.tiny_model import write_model_folder
+
+
+def test_segmentation_runs_in_another_process(tmp_path: Path) -> None:
+    """A tiny random model (synthetic weights) through the real registry and worker."""
+    write_model_folder(tmp_path / "source")
+    ModelRegistry(tmp_path / "data" / "models").add_folder(tmp_path / "source")
+    image = np.random.default_rng(0).normal(size=(4, 40, 48, 32)).astype(np.float32)
+    worker = InferenceWorker()
+    try:
+        result = worker.run(
+            SegmentationRequest(
+                image=image, roles=("t1", "t1c", "t2", "flair"), model_ids=("tiny-random-test",),
+                data_dir=tmp_path / "data", tta=False, device="cpu",
+            ),
+            timeout_s=300,
+        )
+    finally:
+        worker.close()
+    assert result.worker_pid != os.getpid()
+    assert result.labels.shape == (40, 48, 32) and result.labels.dtype == np.uint8
+    assert set(np.unique(result.labels).tolist()) <= {0, 1, 2, 4}
+    [model] = result.models
+    assert model["id"] == "tiny-random-test" and len(model["sha256"]) == 64
