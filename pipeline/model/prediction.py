@@ -112,6 +112,24 @@ def _load_case(
 # --- end of the stop-gap case reading.
 
 
+BRAIN_BOX_MARGIN_VOXELS = 8
+
+
+def brain_box(image: np.ndarray, margin: int = BRAIN_BOX_MARGIN_VOXELS) -> tuple[slice, slice, slice]:
+    """The non-zero (skull-stripped brain) bounding box of (C, X, Y, Z) channels, plus a margin.
+
+    Inference runs on this box, as the network was trained on brain crops (paper: 160x192x128)
+    and the imaging pipeline crops the same way: GroupNorm statistics then describe brain, not
+    the empty field of view, and there is a third of the voxels to compute.
+    """
+    inside = np.argwhere(np.any(image != 0, axis=0))
+    if inside.size == 0:
+        raise PipelineError("the case is empty: no non-zero voxel in any channel")
+    low = np.maximum(inside.min(axis=0) - margin, 0)
+    high = np.minimum(inside.max(axis=0) + margin + 1, image.shape[1:])
+    return (slice(low[0], high[0]), slice(low[1], high[1]), slice(low[2], high[2]))
+
+
 def write_labels(labels: np.ndarray, reference: nib.Nifti1Image, out: Path) -> None:
     """Write a uint8 label map on the reference's grid; atomically, never half a file."""
     header = reference.header.copy()
@@ -182,10 +200,12 @@ def predict_case(
     device, amp_dtype = select_device()
     manifest, network = load_model_folder(model_folder)
     roles = manifest.input_channels
-    image, reference = _load_case(_find_case_images(case_dir, roles), roles)
+    full_image, reference = _load_case(_find_case_images(case_dir, roles), roles)
+    box = brain_box(full_image)
+    image = np.ascontiguousarray(full_image[(slice(None), *box)])
     roi = roi_size if roi_size is not None else choose_roi(image.shape[1:])
     started = time.monotonic()
-    probabilities = predict_regions(
+    cropped = predict_regions(
         [network],
         image,
         output_channels=manifest.output_channels,
@@ -195,6 +215,8 @@ def predict_case(
         amp_dtype=amp_dtype,
     )
     inference_s = time.monotonic() - started
+    probabilities = np.zeros((cropped.shape[0], *full_image.shape[1:]), dtype=np.float32)
+    probabilities[(slice(None), *box)] = cropped
     labels, record = postprocess(
         probabilities,
         et_min_voxels=et_min_voxels,
