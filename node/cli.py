@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import json
 import sys
-from collections import defaultdict
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
 import typer
-from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
 from sqlalchemy import func, select
 
-from config.errors import ConfigError
-from config.settings import Settings, load_settings
+from node.commands.options import ConfigOption, DataDirOption, JsonOption, settings_or_exit
 from node.dicom_header import CAPTURED_KEYWORDS, capture_attributes
 from node.logs import configure_logging
 from node.routing import SeriesFacts, route_study, rule_keywords
+from node.study_files import read_headers
 from storage.models import Job, JobEvent, QuarantinedInstance, Series, Study
 
 app = typer.Typer(no_args_is_help=True, help="segnode: DICOM brain-tumour segmentation node.")
@@ -31,27 +28,6 @@ jobs_app = typer.Typer(no_args_is_help=True, help="Jobs.")
 app.add_typer(rules_app, name="rules")
 app.add_typer(db_app, name="db")
 app.add_typer(jobs_app, name="jobs")
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="TOML configuration file (default: config/node.toml)."),
-]
-DataDirOption = Annotated[
-    Path | None, typer.Option("--data-dir", help="Store and SQLite database live under DIR.")
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-
-
-def _settings(config: Path | None, overrides: dict[str, Any] | None = None) -> Settings:
-    try:
-        return load_settings(config, overrides)
-    except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
-
-
-def _data_dir_override(data_dir: Path | None) -> dict[str, Any]:
-    return {"storage": {"data_dir": str(data_dir)}} if data_dir is not None else {}
 
 
 @app.command()
@@ -70,8 +46,7 @@ def serve(
         for key, value in (("host", host), ("port", port), ("ae_title", ae_title))
         if value is not None
     }
-    overrides = _data_dir_override(data_dir) | ({"listener": listener} if listener else {})
-    settings = _settings(config, overrides)
+    settings = settings_or_exit(config, data_dir, {"listener": listener} if listener else {})
     configure_logging(settings.logging.level, settings.logging.format)
     serve_forever(settings)
 
@@ -79,7 +54,7 @@ def serve(
 @app.command("check-config")
 def check_config(config: ConfigOption = None) -> None:
     """Validate the configuration and print it as JSON."""
-    settings = _settings(config)
+    settings = settings_or_exit(config)
     typer.echo(settings.model_dump_json(indent=2))
 
 
@@ -89,7 +64,7 @@ def db_upgrade(config: ConfigOption = None, data_dir: DataDirOption = None) -> N
     from node.service import open_storage
     from storage.database import current_revision
 
-    engine, _, _ = open_storage(_settings(config, _data_dir_override(data_dir)))
+    engine, _, _ = open_storage(settings_or_exit(config, data_dir))
     typer.echo(f"database at revision {current_revision(engine)}")
     engine.dispose()
 
@@ -117,12 +92,6 @@ class _StudyReport(TypedDict):
     evaluations: list[_EvaluationReport]
 
 
-def _dicom_files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    return sorted(candidate for candidate in path.rglob("*") if candidate.is_file())
-
-
 @rules_app.command("test")
 def rules_test(
     path: Annotated[Path, typer.Argument(help="A DICOM file or a folder of them.")],
@@ -136,28 +105,22 @@ def rules_test(
     as_json: JsonOption = False,
 ) -> None:
     """Show which routing rule matches each study in PATH, and why."""
-    settings = _settings(config)
+    settings = settings_or_exit(config)
     keywords = CAPTURED_KEYWORDS + rule_keywords(settings.routing)
     called = called_ae or settings.listener.ae_title
-    studies: dict[str, dict[str, SeriesFacts]] = defaultdict(dict)
-    skipped = 0
-    for file in _dicom_files(path):
-        try:
-            dataset = dcmread(file, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, ValueError):
-            skipped += 1
-            continue
-        study_uid, series_uid = (
-            str(dataset.get("StudyInstanceUID", "")),
-            str(dataset.get("SeriesInstanceUID", "")),
-        )
-        if series_uid not in studies[study_uid]:
-            studies[study_uid][series_uid] = SeriesFacts(
+    headers, skipped = read_headers(path)
+    studies = {
+        study_uid: {
+            series_uid: SeriesFacts(
                 series_instance_uid=series_uid,
-                attributes=capture_attributes(dataset, keywords),
+                attributes=capture_attributes(items[0][1], keywords),
                 called_ae_titles=frozenset([called]),
                 calling_ae_titles=frozenset([calling_ae] if calling_ae else []),
             )
+            for series_uid, items in series.items()
+        }
+        for study_uid, series in headers.items()
+    }
     report: list[_StudyReport] = []
     for study_uid, series in studies.items():
         decision = route_study(settings.routing, list(series.values()))
@@ -206,7 +169,7 @@ def inspect(
     from node.study_files import read_study_folder
     from pipeline.selection import identify_sequences
 
-    settings = _settings(config)
+    settings = settings_or_exit(config)
     studies, unreadable = read_study_folder(path)
     report = []
     for study_uid, series in studies.items():
@@ -240,7 +203,7 @@ def inspect(
 def _open_sessions(config: Path | None, data_dir: Path | None) -> Any:
     from node.service import open_storage
 
-    _, sessions, _ = open_storage(_settings(config, _data_dir_override(data_dir)))
+    _, sessions, _ = open_storage(settings_or_exit(config, data_dir))
     return sessions
 
 

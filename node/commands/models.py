@@ -1,21 +1,19 @@
 """``segnode models``: import, list, show and verify the segmentation models a node may run.
 
 The registry lives at ``<data_dir>/models``; ``--data-dir`` overrides the configured
-``storage.data_dir`` as it does for the other commands. The options are declared here
-rather than imported from ``node.cli``, because ``node.cli`` imports this module to
-register it.
+``storage.data_dir`` as it does for the other commands. Options come from
+``node.commands.options``, shared with every command.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from config.errors import ConfigError
-from config.settings import load_settings
+from node.commands.options import ConfigOption, DataDirOption, JsonOption, settings_or_exit
 from pipeline.model.errors import ModelError
 from pipeline.model.manifest import ModelManifest
 from pipeline.model.registry import MANIFEST, ModelRegistry, node_registry
@@ -24,15 +22,6 @@ models_app = typer.Typer(
     no_args_is_help=True, help="Segmentation models (the registry under <data_dir>/models)."
 )
 
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="TOML configuration file (default: config/node.toml)."),
-]
-DataDirOption = Annotated[
-    Path | None, typer.Option("--data-dir", help="The registry is DIR/models.")
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-
 
 def register(app: typer.Typer) -> None:
     """Add the ``models`` sub-command group to the segnode app."""
@@ -40,13 +29,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _registry(config: Path | None, data_dir: Path | None) -> ModelRegistry:
-    overrides: dict[str, Any] = {"storage": {"data_dir": str(data_dir)}} if data_dir else {}
-    try:
-        settings = load_settings(config, overrides)
-    except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    return node_registry(settings.storage.data_dir)
+    return node_registry(settings_or_exit(config, data_dir).storage.data_dir)
 
 
 def _fail(exc: ModelError) -> typer.Exit:

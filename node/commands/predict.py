@@ -6,12 +6,12 @@ Thin: options in, ``pipeline.model.prediction.predict_case`` does the work, a su
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from config.errors import SegnodeError
-from config.settings import load_settings
+from node.commands.options import ConfigOption, DataDirOption, settings_for
 from pipeline.model.errors import ModelNotFoundError
 from pipeline.model.labels import LabelConvention
 from pipeline.model.prediction import PredictionSummary, predict_case
@@ -25,8 +25,7 @@ def resolve_model(
     (``<data_dir>/models`` and the built-in models); none given means ``model.default``."""
     if model is not None and Path(model).is_dir():
         return Path(model)
-    overrides: dict[str, Any] = {"storage": {"data_dir": str(data_dir)}} if data_dir else {}
-    settings = load_settings(config, overrides)
+    settings = settings_for(config, data_dir)
     model_id = model or settings.model.default
     if not model_id:
         raise ModelNotFoundError("no --model given and no model.default configured")
@@ -70,12 +69,8 @@ def predict(
             "--model", help="Model id in the registry, or a model folder (default: model.default)."
         ),
     ] = None,
-    config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="TOML configuration file.")
-    ] = None,
-    data_dir: Annotated[
-        Path | None, typer.Option("--data-dir", help="Registry is DIR/models.")
-    ] = None,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
     labels: Annotated[
         LabelConvention, typer.Option("--labels", help="Label values: 2021 (ET=4) or 2023 (ET=3).")
     ] = LabelConvention.BRATS_2021,

@@ -7,6 +7,8 @@ bundles such as the MONAI model zoo's BraTS bundle (16 filters).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from monai.networks.nets.segresnet import SegResNet, SegResNetVAE
 
@@ -14,32 +16,21 @@ from pipeline.model.manifest import ArchitectureSpec
 
 
 def build_network(spec: ArchitectureSpec) -> torch.nn.Module:
-    norm = ("GROUP", {"num_groups": spec.norm_groups})
-    if spec.name == "SegResNetVAE":
-        if spec.vae_input_shape is None:
-            raise ValueError("SegResNetVAE needs vae_input_shape (the training crop)")
-        return SegResNetVAE(
-            input_image_size=spec.vae_input_shape,
-            vae_estimate_std=False,
-            spatial_dims=3,
-            init_filters=spec.init_filters,
-            in_channels=spec.in_channels,
-            out_channels=spec.out_channels,
-            dropout_prob=spec.dropout_prob,
-            norm=norm,
-            blocks_down=spec.blocks_down,
-            blocks_up=spec.blocks_up,
-        )
-    return SegResNet(
-        spatial_dims=3,
-        init_filters=spec.init_filters,
-        in_channels=spec.in_channels,
-        out_channels=spec.out_channels,
-        dropout_prob=spec.dropout_prob,
-        norm=norm,
-        blocks_down=spec.blocks_down,
-        blocks_up=spec.blocks_up,
-    )
+    backbone: dict[str, Any] = {
+        "spatial_dims": 3,
+        "init_filters": spec.init_filters,
+        "in_channels": spec.in_channels,
+        "out_channels": spec.out_channels,
+        "dropout_prob": spec.dropout_prob,
+        "norm": ("GROUP", {"num_groups": spec.norm_groups}),
+        "blocks_down": spec.blocks_down,
+        "blocks_up": spec.blocks_up,
+    }
+    if spec.name == "SegResNet":
+        return SegResNet(**backbone)
+    if spec.vae_input_shape is None:
+        raise ValueError("SegResNetVAE needs vae_input_shape (the training crop)")
+    return SegResNetVAE(input_image_size=spec.vae_input_shape, vae_estimate_std=False, **backbone)
 
 
 def segmentation_logits(network: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:

@@ -12,106 +12,20 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import torch
-from nibabel.filebasedimages import ImageFileError
 
 from pipeline.errors import PipelineError
-from pipeline.intensity import zscore_over_mask
+from pipeline.model.brats_data import find_case, load_case
 from pipeline.model.inference import PostprocessRecord, choose_roi, postprocess, predict_regions
 from pipeline.model.labels import LabelConvention
 from pipeline.model.loading import load_model_folder
 
 _NIFTI = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
-_GRID_TOLERANCE_MM = 1e-3
-
-# --- Case reading: a stop-gap until pipeline.model.brats_data.find_case exists; replace it
-# --- then (private on purpose). Only the last token of each file name is looked at.
-_ROLE_TOKENS = {
-    "t1": "t1",
-    "t1n": "t1",
-    "t1c": "t1c",
-    "t1ce": "t1c",
-    "t1gd": "t1c",
-    "t2": "t2",
-    "t2w": "t2",
-    "flair": "flair",
-    "fla": "flair",
-    "t2f": "flair",
-}
-"""Last ``_``/``-`` token of a file name -> role: BraTS 2018-2021 (``*_t1ce``), 2023+
-(``*-t1n/-t1c/-t2w/-t2f``) and bare names (``t1.nii.gz``, ``fla.nii.gz``)."""
-
-
-def _find_case_images(case_dir: Path, roles: Sequence[str]) -> dict[str, Path]:
-    """The NIfTI file of each role in a case folder (stop-gap for brats_data.find_case)."""
-    if not case_dir.is_dir():
-        raise PipelineError(f"case folder {case_dir} does not exist or is not a folder")
-    found: dict[str, list[Path]] = {}
-    for path in sorted(case_dir.iterdir()):
-        if not (path.is_file() and _NIFTI.search(path.name)):
-            continue
-        token = re.split(r"[_-]", _NIFTI.sub("", path.name))[-1].lower()
-        role = _ROLE_TOKENS.get(token)
-        if role is not None:
-            found.setdefault(role, []).append(path)
-    missing = [role for role in roles if role not in found]
-    if missing:
-        raise PipelineError(
-            f"case folder {case_dir} lacks {', '.join(missing)}: expected files named like "
-            "*_t1/_t1ce/_t2/_flair, *-t1n/-t1c/-t2w/-t2f or t1/t1c/t2/fla (.nii or .nii.gz)"
-        )
-    several = {role: paths for role, paths in found.items() if role in roles and len(paths) > 1}
-    if several:
-        listed = "; ".join(
-            f"{role}: {', '.join(p.name for p in paths)}" for role, paths in several.items()
-        )
-        raise PipelineError(f"case folder {case_dir} has several files for {listed}")
-    return {role: found[role][0] for role in roles}
-
-
-def _read_nifti(path: Path) -> nib.Nifti1Image:
-    try:
-        image = nib.load(path)
-    except (OSError, ValueError, ImageFileError) as exc:
-        raise PipelineError(f"cannot read {path} as NIfTI: {exc}") from exc
-    if not isinstance(image, nib.Nifti1Image):  # Nifti2Image derives from it
-        raise PipelineError(f"{path} is not a NIfTI image")
-    return image
-
-
-def _load_case(
-    paths: Mapping[str, Path], roles: Sequence[str]
-) -> tuple[np.ndarray, nib.Nifti1Image]:
-    """(channels, x, y, z) float32 z-scored input in ``roles`` order, and the reference image."""
-    images = [_read_nifti(paths[role]) for role in roles]
-    reference = images[0]
-    channels = []
-    for role, image in zip(roles, images, strict=True):
-        if image.shape != reference.shape or not np.allclose(
-            image.affine, reference.affine, atol=_GRID_TOLERANCE_MM
-        ):
-            raise PipelineError(
-                f"{paths[role].name} is not on the grid of {paths[roles[0]].name}: the case is "
-                "not co-registered; preprocess it first"
-            )
-        voxels = np.asanyarray(image.dataobj).astype(np.float32)
-        if voxels.ndim != 3:
-            raise PipelineError(f"{paths[role].name} is not a 3-D volume (shape {voxels.shape})")
-        # Myronenko 2018, section 3.7: zero mean, unit std over the non-zero (brain) voxels.
-        normalised, _, _ = zscore_over_mask(voxels, voxels != 0)
-        channels.append(normalised)
-    return np.stack(channels), reference
-
-
-# --- end of the stop-gap case reading.
-
-
 BRAIN_BOX_MARGIN_VOXELS = 8
 
 
@@ -200,7 +114,12 @@ def predict_case(
     device, amp_dtype = select_device()
     manifest, network = load_model_folder(model_folder)
     roles = manifest.input_channels
-    full_image, reference = _load_case(_find_case_images(case_dir, roles), roles)
+    # The same reader as training (every BraTS naming), without the label map if one lies there.
+    case = replace(find_case(case_dir), label=None)
+    full_image, _ = load_case(case, roles)
+    reference = nib.load(case.path(roles[0]))
+    if not isinstance(reference, nib.Nifti1Image):  # load_case read it as NIfTI already
+        raise PipelineError(f"{case.path(roles[0])} is not a NIfTI image")
     box = brain_box(full_image)
     image = np.ascontiguousarray(full_image[(slice(None), *box)])
     roi = roi_size if roi_size is not None else choose_roi(image.shape[1:])
