@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from config.errors import SegnodeError
-from pipeline.model.evaluation import evaluate_paths
 
 
 def evaluate(
@@ -18,6 +17,8 @@ def evaluate(
 ) -> None:
     """Score predictions per region (WT, TC, ET) the BraTS way; either label convention."""
     try:
+        from pipeline.model.evaluation import evaluate_paths  # MONAI: only when needed
+
         report = evaluate_paths(prediction, labels)
     except SegnodeError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+if TYPE_CHECKING:
+    from pipeline.model.registry import ModelRegistry
+
 from node.commands.options import ConfigOption, DataDirOption, JsonOption, settings_or_exit
 from pipeline.model.errors import ModelError
-from pipeline.model.manifest import ModelManifest
-from pipeline.model.registry import MANIFEST, ModelRegistry, node_registry
+from pipeline.model.manifest import MANIFEST_FILE, ModelManifest
 
 models_app = typer.Typer(
     no_args_is_help=True, help="Segmentation models (the registry under <data_dir>/models)."
@@ -29,6 +31,9 @@ def register(app: typer.Typer) -> None:
 
 
 def _registry(config: Path | None, data_dir: Path | None) -> ModelRegistry:
+    # Imported here: the registry loads torch, which other segnode commands never need.
+    from pipeline.model.registry import node_registry
+
     return node_registry(settings_or_exit(config, data_dir).storage.data_dir)
 
 
@@ -75,7 +80,7 @@ def import_model(
     """Verify a model and copy it into the registry."""
     registry = _registry(config, data_dir)
     try:
-        if path.is_dir() and (path / MANIFEST).is_file():
+        if path.is_dir() and (path / MANIFEST_FILE).is_file():
             manifest = registry.add_folder(path, model_id)
         else:
             manifest = registry.import_monai_bundle(

@@ -6,16 +6,17 @@ Thin: options in, ``pipeline.model.prediction.predict_case`` does the work, a su
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from pipeline.model.prediction import PredictionSummary
 
 from config.errors import SegnodeError
 from node.commands.options import ConfigOption, DataDirOption, settings_for
 from pipeline.model.errors import ModelNotFoundError
 from pipeline.model.labels import LabelConvention
-from pipeline.model.prediction import PredictionSummary, predict_case
-from pipeline.model.registry import node_registry
 
 
 def resolve_model(
@@ -29,6 +30,8 @@ def resolve_model(
     model_id = model or settings.model.default
     if not model_id:
         raise ModelNotFoundError("no --model given and no model.default configured")
+    from pipeline.model.registry import node_registry
+
     return node_registry(settings.storage.data_dir).folder(model_id)
 
 
@@ -88,6 +91,9 @@ def predict(
 ) -> None:
     """Segment a preprocessed case folder into a NIfTI label map (research use only)."""
     try:
+        # Imported here: torch and MONAI stay out of every other segnode command.
+        from pipeline.model.prediction import predict_case
+
         summary = predict_case(
             case_dir,
             out,

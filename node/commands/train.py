@@ -10,16 +10,18 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+if TYPE_CHECKING:
+    from pipeline.model.training import StepReport
+
 from config.errors import SegnodeError
-from pipeline.model import training
 from pipeline.model.augmentation import PAPER_CROP
 
 
-def _print_step(report: training.StepReport) -> None:
+def _print_step(report: StepReport) -> None:
     losses = report.losses
     typer.echo(
         f"epoch {report.epoch}/{report.epochs} step {report.step}/{report.steps} "
@@ -91,6 +93,9 @@ def train(
 ) -> None:
     """Train SegResNetVAE as in Myronenko 2018 and write a model folder with its manifest."""
     try:
+        # Imported here: torch and MONAI stay out of every other segnode command.
+        from pipeline.model import training
+
         config = training.TrainConfig(
             out_dir=out,
             cases=tuple(case or ()),

@@ -23,10 +23,10 @@ import torch
 from pydantic import ValidationError
 
 from pipeline.model.errors import CorruptModelError, InvalidManifestError, WeightsMismatchError
-from pipeline.model.manifest import ModelManifest
+from pipeline.model.manifest import MANIFEST_FILE, ModelManifest
 from pipeline.model.network import build_network
 
-MANIFEST_NAME = "manifest.json"
+MANIFEST_NAME = MANIFEST_FILE
 
 
 def sha256_hex(data: bytes) -> str:

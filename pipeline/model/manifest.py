@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ROLES = ("t1", "t1c", "t2", "flair")
+MANIFEST_FILE = "manifest.json"
+"""The manifest's file name inside a model folder."""
 
 
 class ArchitectureSpec(BaseModel):
@@ -84,7 +86,7 @@ class ModelManifest(BaseModel):
 
     @classmethod
     def read(cls, folder: Path) -> ModelManifest:
-        return cls.model_validate(json.loads((folder / "manifest.json").read_text()))
+        return cls.model_validate(json.loads((folder / MANIFEST_FILE).read_text()))
 
     def write(self, folder: Path) -> None:
-        (folder / "manifest.json").write_text(self.model_dump_json(indent=2) + "\n")
+        (folder / MANIFEST_FILE).write_text(self.model_dump_json(indent=2) + "\n")

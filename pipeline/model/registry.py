@@ -29,7 +29,7 @@ from pipeline.model.errors import (
     ModelExistsError,
     ModelNotFoundError,
 )
-from pipeline.model.manifest import ModelManifest
+from pipeline.model.manifest import MANIFEST_FILE, ModelManifest
 from pipeline.model.monai_bundle import bundle_folder, read_monai_bundle
 from pipeline.model.weights import (
     network_from_state_dict,
@@ -40,7 +40,7 @@ from pipeline.model.weights import (
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
+MANIFEST = MANIFEST_FILE
 BUNDLE_PROVENANCE = "monai_bundle"
 """Where an imported bundle's configs/ and docs/ (licences, README) are kept."""
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")

@@ -33,7 +33,7 @@ from pipeline.model.brats_data import BratsCase, find_case, find_cases, load_cas
 from pipeline.model.errors import ModelError
 from pipeline.model.labels import REGIONS
 from pipeline.model.losses import forward_for_training, total_loss
-from pipeline.model.manifest import ROLES, ArchitectureSpec, ModelManifest
+from pipeline.model.manifest import MANIFEST_FILE, ROLES, ArchitectureSpec, ModelManifest
 from pipeline.model.network import build_network, segmentation_logits
 
 log = logging.getLogger(__name__)
@@ -343,7 +343,7 @@ def _write_model_folder(
         metrics=metrics,
     )
     manifest.write(model_dir)
-    return model_dir, weights_path, model_dir / "manifest.json", metrics
+    return model_dir, weights_path, model_dir / MANIFEST_FILE, metrics
 
 
 def train(
