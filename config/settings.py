@@ -334,6 +334,80 @@ class ModelSettings(_Section):
     """Whole-tumour components smaller than this are removed (0 = off)."""
 
 
+class SrRegionReference(StrEnum):
+    """How each TID 1500 volume measurement names its region."""
+
+    OUTLINES = "outlines"
+    """Per-slice SCOORD polygons on the source images (OHIF 3.x displays these)."""
+    SEGMENT = "segment"
+    """A reference to the DICOM-SEG segment only (OHIF 3.13's SR viewport crashes on it)."""
+
+
+class OutputSettings(_Section):
+    """The DICOM objects a job writes into the source study."""
+
+    seg_series_number: Annotated[int, Field(ge=1)] = 9901
+    sr_series_number: Annotated[int, Field(ge=1)] = 9902
+    sc_series_number: Annotated[int, Field(ge=1)] = 9903
+    pdf_series_number: Annotated[int, Field(ge=1)] = 9904
+    series_description: Annotated[str, StringConstraints(min_length=1, max_length=40)] = (
+        "segnode tumour"
+    )
+    """Prefix of every result series description; " - not for clinical use" is appended."""
+    sr_region_reference: SrRegionReference = SrRegionReference.OUTLINES
+    manufacturer: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "segnode"
+
+
+OutputKind = Literal["seg", "sr", "sc", "pdf"]
+
+
+class Destination(_Section):
+    """Where results go: a DICOM AE (C-STORE) or a DICOMweb STOW-RS endpoint."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    protocol: Literal["dimse", "stow-rs"] = "dimse"
+    ae_title: AeTitle | None = None
+    host: str | None = None
+    port: Port | None = None
+    calling_ae: AeTitle = "SEGNODE"
+    url: str | None = None
+    """STOW-RS: the studies endpoint, e.g. http://pacs:8042/dicom-web/studies."""
+    send: list[OutputKind] = ["seg", "sr"]
+    """Which results this destination receives; "sc"/"pdf" for viewers without SEG support."""
+    timeout_s: PositiveSeconds = 60.0
+
+    @model_validator(mode="after")
+    def _addressed(self) -> Destination:
+        if self.protocol == "dimse" and not (self.ae_title and self.host and self.port):
+            raise ValueError(f"destination {self.name!r}: dimse needs ae_title, host and port")
+        if self.protocol == "stow-rs" and not self.url:
+            raise ValueError(f"destination {self.name!r}: stow-rs needs url")
+        if not self.send:
+            raise ValueError(f"destination {self.name!r}: send lists nothing")
+        return self
+
+
+class DeliverySettings(_Section):
+    """Retries for sending results; rejections are permanent and never retried."""
+
+    destinations: list[Destination] = []
+    max_attempts: Annotated[int, Field(ge=1)] = 10
+    initial_backoff_s: PositiveSeconds = 5.0
+    max_backoff_s: PositiveSeconds = 600.0
+
+
+class JobSettings(_Section):
+    """How jobs run: worker processes, retries of transient step failures."""
+
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
+    """Pipeline worker processes; with a GPU, one job at a time runs on each device."""
+    max_attempts: Annotated[int, Field(ge=1)] = 3
+    """Attempts per step for transient failures (I/O, worker crash) before the job fails."""
+    initial_backoff_s: PositiveSeconds = 10.0
+    max_backoff_s: PositiveSeconds = 300.0
+    poll_interval_s: PositiveSeconds = 1.0
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
@@ -360,6 +434,9 @@ class Settings(BaseSettings):
     selection: SelectionSettings = SelectionSettings()
     preprocessing: PreprocessingSettings = PreprocessingSettings()
     model: ModelSettings = ModelSettings()
+    outputs: OutputSettings = OutputSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    jobs: JobSettings = JobSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @model_validator(mode="after")
@@ -371,6 +448,9 @@ class Settings(BaseSettings):
                     f"routing.rules[{index}] ({rule.name!r}): completion profile "
                     f"{rule.completion!r} is not defined under completion.profiles"
                 )
+        names = [destination.name for destination in self.delivery.destinations]
+        if len(set(names)) != len(names):
+            raise ValueError("delivery.destinations: each name may be used once")
         titles = [peer.ae_title for peer in self.peers]
         if len(set(titles)) != len(titles):
             raise ValueError("peers: each AE title may be listed once")

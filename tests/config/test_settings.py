@@ -80,8 +80,16 @@ def test_check_config_cli_prints_the_effective_configuration() -> None:
 def test_default_file_is_valid_toml_with_documented_sections() -> None:
     data = tomllib.loads(DEFAULT_CONFIG_PATH.read_text())
     assert set(data) == {
-        "listener", "storage", "completion", "routing", "selection", "preprocessing", "model", "logging"
+        "listener", "storage", "completion", "routing", "selection", "preprocessing", "model",
+        "outputs", "delivery", "jobs", "logging",
     }
+
+
+def test_destination_without_address_names_the_destination(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text('[[delivery.destinations]]\nname = "pacs"\nae_title = "PACS"\n')
+    with pytest.raises(ConfigError, match="destination 'pacs': dimse needs ae_title, host and port"):
+        load_settings(path)
 
 
 def test_site_file_is_layered_over_the_defaults(tmp_path: Path) -> None:
