@@ -399,6 +399,9 @@ class DeliverySettings(_Section):
 class JobSettings(_Section):
     """How jobs run: worker processes, retries of transient step failures."""
 
+    enabled: bool = True
+    """False: the node receives studies and queues jobs but runs none (maintenance, or a
+    receive-only node); queued jobs start when it is switched back on."""
     workers: Annotated[int, Field(ge=1, le=64)] = 1
     """Pipeline worker processes; with a GPU, one job at a time runs on each device."""
     max_attempts: Annotated[int, Field(ge=1)] = 3

@@ -19,7 +19,7 @@ from node.dicom_header import CAPTURED_KEYWORDS, capture_attributes
 from node.logs import configure_logging
 from node.routing import SeriesFacts, route_study, rule_keywords
 from node.study_files import read_headers
-from storage.models import Job, JobEvent, QuarantinedInstance, Series, Study
+from storage.models import Job, JobEvent, JobState, QuarantinedInstance, Series, Study
 
 app = typer.Typer(no_args_is_help=True, help="segnode: DICOM brain-tumour segmentation node.")
 rules_app = typer.Typer(no_args_is_help=True, help="Routing rules.")
@@ -274,7 +274,7 @@ def jobs_list(
 
 @jobs_app.command("show")
 def jobs_show(job_id: int, config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
-    """Show one job with its event log."""
+    """Show one job: state, failure, model, deliveries and its event log (JSON)."""
     sessions = _open_sessions(config, data_dir)
     with sessions() as session:
         job = session.get(Job, job_id)
@@ -288,8 +288,25 @@ def jobs_show(job_id: int, config: ConfigOption = None, data_dir: DataDirOption 
             "id": job.id,
             "study_id": job.study_id,
             "state": job.state,
+            "attempt": job.attempt,
+            "failed_step": job.failed_step,
+            "error": job.error,
+            "next_attempt_at": job.next_attempt_at.isoformat() if job.next_attempt_at else None,
+            "model_id": job.model_id,
+            "model_sha256": job.model_sha256,
             "trigger": job.trigger,
             "routing_rule": job.routing_rule,
+            "deliveries": [
+                {
+                    "destination": d.destination,
+                    "state": d.state,
+                    "attempts": d.attempts,
+                    "last_error": d.last_error,
+                    "delivered_at": d.delivered_at.isoformat() if d.delivered_at else None,
+                    "instances": len(d.sop_instance_uids),
+                }
+                for d in job.deliveries
+            ],
             "events": [
                 {
                     "at": e.at.isoformat(),
@@ -303,11 +320,60 @@ def jobs_show(job_id: int, config: ConfigOption = None, data_dir: DataDirOption 
     typer.echo(json.dumps(payload, indent=2))
 
 
+@jobs_app.command("retry")
+def jobs_retry(
+    job_id: int,
+    from_step: Annotated[
+        str | None,
+        typer.Option("--from", help="Resume at this step (default: the step that failed)."),
+    ] = None,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Run a failed or cancelled job again; a running node picks it up within a second."""
+    from storage.errors import JobStateError
+    from storage.jobs import ACTIVE_JOB_STATES, retry_job
+
+    steps = [state.value for state in ACTIVE_JOB_STATES]
+    if from_step is not None and from_step not in steps:
+        typer.echo(f"error: --from must be one of {', '.join(steps)}", err=True)
+        raise typer.Exit(2)
+    sessions = _open_sessions(config, data_dir)
+    try:
+        with sessions.begin() as session:
+            job = retry_job(session, job_id, JobState(from_step) if from_step else None)
+            typer.echo(f"job {job_id}: attempt {job.attempt}, resumes at {job.state}")
+    except JobStateError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(
+    job_id: int,
+    reason: Annotated[str, typer.Option("--reason", help="Recorded in the job's log.")] = "cancelled by operator",
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Cancel an unfinished job; a step in flight finishes and its outputs are discarded."""
+    from storage.errors import JobStateError
+    from storage.jobs import cancel_job
+
+    sessions = _open_sessions(config, data_dir)
+    try:
+        with sessions.begin() as session:
+            cancel_job(session, job_id, reason)
+    except JobStateError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"job {job_id}: cancelled")
+
+
 def _register_commands() -> None:
     """Commands that live in node/commands/ (one module each)."""
-    from node.commands import evaluate, models, predict, train
+    from node.commands import evaluate, models, predict, run, train
 
-    for module in (train, predict, evaluate, models):
+    for module in (run, train, predict, evaluate, models):
         module.register(app)
 
 

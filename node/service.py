@@ -1,9 +1,12 @@
-"""``segnode serve``: the listener and the completion monitor in one process.
+"""``segnode serve``: the listener, the completion monitor and the job runner in one process.
+
+The pipeline steps themselves run in the job runner's worker processes.
 
 Start-up order matters for crash safety: migrate the schema, discard partial
 writes from ``tmp/`` (never acknowledged), mark associations left open by a
 previous process as interrupted, then start the monitor (which resumes every
-receiving study from its stored timers) and only then accept associations.
+receiving study from its stored timers) and the job runner (which resumes every
+unfinished job), and only then accept associations.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import Settings
 from node.completion_monitor import CompletionMonitor
+from node.job_runner import JobRunner
 from node.receiver import InstanceReceiver
 from node.routing import rule_keywords
 from node.scp import StorageSCP
@@ -40,11 +44,13 @@ class Node:
     scp: StorageSCP
     receiver: InstanceReceiver
     monitor: CompletionMonitor
+    runner: JobRunner
 
     def stop(self) -> None:
         self.scp.stop()
         self.receiver.close()
         self.monitor.stop()
+        self.runner.stop()
         self.engine.dispose()
         log.info("node stopped")
 
@@ -81,9 +87,12 @@ def start_node(settings: Settings) -> Node:
     scp = StorageSCP(
         settings.listener, settings.peers, receiver, sessions, on_association_closed=monitor.wake
     )
+    runner = JobRunner(settings, sessions, store)
     monitor.start()
+    if settings.jobs.enabled:
+        runner.start()  # resumes every unfinished job at the step that had not finished
     scp.start()
-    return Node(settings, engine, sessions, store, scp, receiver, monitor)
+    return Node(settings, engine, sessions, store, scp, receiver, monitor, runner)
 
 
 def serve_forever(settings: Settings) -> None:

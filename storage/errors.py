@@ -15,3 +15,7 @@ class UnsafeUidError(StorageError):
 
 class DatabaseSchemaError(StorageError):
     """The database is not at the schema version this code expects."""
+
+
+class JobStateError(StorageError):
+    """A job command that does not fit the job's state (e.g. retrying a job that is done)."""

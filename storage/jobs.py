@@ -1,18 +1,31 @@
 """Creating jobs and appending to their event log.
 
-A job is created when a study fires; later issues drive it through the
-pipeline states. Events are only ever appended (the database refuses updates).
+A job is created when a study fires and driven through the pipeline states by the
+node's job runner. Every change of state is a conditional UPDATE plus an event, in one
+transaction: events are only ever appended (the database refuses updates), and a job
+that someone cancelled while a step ran is never moved on by that step.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import CursorResult, or_, select, update
 from sqlalchemy.orm import Session
 
-from storage.models import Job, JobEvent, JobSeries, JobState, utc_now
+from storage.errors import JobStateError
+from storage.models import (
+    TERMINAL_JOB_STATES,
+    DeliveryState,
+    Job,
+    JobDelivery,
+    JobEvent,
+    JobSeries,
+    JobState,
+    utc_now,
+)
 
 
 def append_job_event(
@@ -78,3 +91,214 @@ def attach_series(session: Session, job: Job, series_ids: Iterable[int], reason:
             session, job.id, "series_attached", {"series_ids": added, "reason": reason}
         )
     return added
+
+
+ACTIVE_JOB_STATES = (
+    JobState.RECEIVED,
+    JobState.SELECTING,
+    JobState.CONVERTING,
+    JobState.PREPROCESSING,
+    JobState.INFERRING,
+    JobState.WRITING,
+    JobState.SENDING,
+)
+
+
+def runnable_job_ids(session: Session, now: datetime, exclude: Iterable[int] = ()) -> list[int]:
+    """Jobs with a step due now, oldest first (``exclude``: the ones already running)."""
+    query = (
+        select(Job.id)
+        .where(Job.state.in_([state.value for state in ACTIVE_JOB_STATES]))
+        .where(or_(Job.next_attempt_at.is_(None), Job.next_attempt_at <= now))
+        .order_by(Job.id)
+    )
+    excluded = set(exclude)
+    return [job_id for job_id in session.execute(query).scalars() if job_id not in excluded]
+
+
+def _updated_rows(result: object) -> int:
+    """Rows an UPDATE matched (``Session.execute`` is typed as returning a plain Result)."""
+    return cast(CursorResult[Any], result).rowcount
+
+
+def advance_job(
+    session: Session,
+    job_id: int,
+    expected: JobState,
+    to: JobState,
+    detail: dict[str, Any],
+    duration_s: float | None,
+) -> bool:
+    """Move a job from ``expected`` to ``to`` and log the transition; False if it moved meanwhile.
+
+    The conditional UPDATE is what makes ``segnode jobs cancel`` safe while a step runs: a
+    job cancelled during its step is not moved on when the step returns.
+    """
+    now = utc_now()
+    values: dict[str, Any] = {
+        "state": to.value,
+        "updated_at": now,
+        "step_attempt": 0,
+        "next_attempt_at": None,
+    }
+    if to in TERMINAL_JOB_STATES:
+        values["finished_at"] = now
+    moved = _updated_rows(
+        session.execute(update(Job).where(Job.id == job_id, Job.state == expected.value).values(**values))
+    )
+    if moved:
+        append_job_event(
+            session, job_id, to.value, {"from": expected.value, **detail}, duration_s=duration_s
+        )
+    return bool(moved)
+
+
+def fail_job(
+    session: Session, job_id: int, expected: JobState, error: str, duration_s: float | None
+) -> bool:
+    """A permanent failure: the job stops at ``expected`` with the step and cause named."""
+    now = utc_now()
+    moved = _updated_rows(
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == expected.value)
+            .values(
+                state=JobState.FAILED.value,
+                failed_step=expected.value,
+                error=error,
+                updated_at=now,
+                finished_at=now,
+                next_attempt_at=None,
+            )
+        )
+    )
+    if moved:
+        append_job_event(
+            session,
+            job_id,
+            JobState.FAILED.value,
+            {"step": expected.value, "error": error},
+            duration_s=duration_s,
+        )
+    return bool(moved)
+
+
+def postpone_step(
+    session: Session,
+    job_id: int,
+    expected: JobState,
+    error: str,
+    retry_at: datetime,
+    duration_s: float | None,
+) -> bool:
+    """A transient failure: the same step runs again at ``retry_at``."""
+    job = session.get(Job, job_id)
+    if job is None or job.state != expected.value:
+        return False
+    job.step_attempt += 1
+    job.next_attempt_at = retry_at
+    job.updated_at = utc_now()
+    append_job_event(
+        session,
+        job_id,
+        "step_retry",
+        {
+            "step": expected.value,
+            "error": error,
+            "failed_attempts": job.step_attempt,
+            "retry_at": retry_at.isoformat(),
+        },
+        duration_s=duration_s,
+    )
+    return True
+
+
+def cancel_job(session: Session, job_id: int, reason: str) -> Job:
+    """Stop a job that has not finished; a step in flight is discarded when it returns."""
+    job = _get_job(session, job_id)
+    if job.is_terminal:
+        raise JobStateError(f"job {job_id} is {job.state}: only an unfinished job can be cancelled")
+    previous = job.state
+    now = utc_now()
+    job.state, job.updated_at, job.finished_at, job.next_attempt_at = (
+        JobState.CANCELLED.value,
+        now,
+        now,
+        None,
+    )
+    job.failed_step = previous  # where `segnode jobs retry` resumes
+    append_job_event(
+        session, job_id, JobState.CANCELLED.value, {"from": previous, "reason": reason}
+    )
+    return job
+
+
+def retry_job(session: Session, job_id: int, from_step: JobState | None = None) -> Job:
+    """Run a failed or cancelled job again from its failed step (or ``from_step``).
+
+    The steps before it keep their outputs, and destinations that already received the
+    results are not sent them again: a retry finishes the same run, it does not start a new
+    one (a new run is a new job).
+    """
+    job = _get_job(session, job_id)
+    if job.state not in (JobState.FAILED, JobState.CANCELLED):
+        raise JobStateError(
+            f"job {job_id} is {job.state}: only a failed or cancelled job can be retried"
+        )
+    resume = from_step or JobState(job.failed_step or JobState.RECEIVED)
+    if resume not in ACTIVE_JOB_STATES:
+        raise JobStateError(f"cannot resume job {job_id} at {resume.value!r}")
+    previous = job.state
+    job.state = resume.value
+    job.attempt += 1
+    job.step_attempt = 0
+    job.next_attempt_at = None
+    job.finished_at = None
+    job.failed_step = None
+    job.error = None
+    job.updated_at = utc_now()
+    for delivery in job.deliveries:
+        if delivery.state == DeliveryState.FAILED:
+            delivery.state = DeliveryState.PENDING.value
+            delivery.attempts = 0
+            delivery.next_attempt_at = None
+    append_job_event(
+        session,
+        job_id,
+        "retry",
+        {"from": previous, "resume_at": resume.value, "attempt": job.attempt},
+    )
+    return job
+
+
+def _get_job(session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobStateError(f"no job {job_id}")
+    return job
+
+
+def ensure_deliveries(
+    session: Session, job_id: int, destinations: Iterable[str]
+) -> list[JobDelivery]:
+    """One row per configured destination (created once; kept across restarts and retries)."""
+    existing = {
+        row.destination: row
+        for row in session.execute(
+            select(JobDelivery).where(JobDelivery.job_id == job_id)
+        ).scalars()
+    }
+    rows = []
+    for name in destinations:
+        if name not in existing:
+            existing[name] = JobDelivery(
+                job_id=job_id,
+                destination=name,
+                state=DeliveryState.PENDING.value,
+                attempts=0,
+                sop_instance_uids=[],
+            )
+            session.add(existing[name])
+        rows.append(existing[name])
+    session.flush()
+    return rows

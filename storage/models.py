@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -82,6 +83,9 @@ class JobState(StrEnum):
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
+
+
+TERMINAL_JOB_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
 
 
 class Association(Base):
@@ -195,8 +199,45 @@ class Job(Base):
     attempt: Mapped[int] = mapped_column(Integer, default=1)
     failed_step: Mapped[str | None] = mapped_column(String(32))
     error: Mapped[str | None] = mapped_column(Text)
+    step_attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Failed tries of the current step (transient failures); reset when the step finishes."""
+    next_attempt_at: Mapped[datetime | None]
+    """Not before this time (backoff after a transient failure, or a pending delivery)."""
+    model_id: Mapped[str | None] = mapped_column(String(128))
+    model_sha256: Mapped[str | None] = mapped_column(String(64))
+    finished_at: Mapped[datetime | None]
 
     events: Mapped[list[JobEvent]] = relationship(order_by="JobEvent.id")
+    deliveries: Mapped[list[JobDelivery]] = relationship(order_by="JobDelivery.id")
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL_JOB_STATES
+
+
+class DeliveryState(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class JobDelivery(Base):
+    """One destination's copy of a job's results; delivered ones are never sent again."""
+
+    __tablename__ = "job_deliveries"
+    __table_args__ = (
+        UniqueConstraint("job_id", "destination", name="uq_job_deliveries_job_destination"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default=DeliveryState.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None]
+    sop_instance_uids: Mapped[list[str]] = mapped_column(JSON, default=list)
 
 
 class JobSeries(Base):

@@ -70,6 +70,8 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
                 "storage": {"data_dir": str(tmp_path / "data"), "min_free_disk_mb": 1},
                 "listener": {"port": free_port(), "acse_timeout_s": 5, "dimse_timeout_s": 10},
                 "logging": {"level": "INFO"},
+                # Receiving tests look at queued jobs; tests of the pipeline turn jobs on.
+                "jobs": {"enabled": False},
             },
             sections,
         )

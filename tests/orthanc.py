@@ -1,4 +1,8 @@
-"""Orthanc (Debian package) as the hospital PACS, driven through its REST API."""
+"""Orthanc (Debian package) as the hospital PACS, driven through its REST API.
+
+``dicomweb=True`` loads the Debian orthanc-dicomweb plugin (1.7), which serves
+DICOMweb (QIDO/WADO/STOW-RS) under ``/dicom-web/`` on the HTTP port.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +13,18 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.helpers import dcmtk_env, free_port, require_tool, wait_for
 
 
 class Orthanc:
     """A private Orthanc: its own storage, loopback peers only, no remote HTTP access."""
 
-    def __init__(self, workdir: Path, ae_title: str = "ORTHANC", modalities: dict[str, list[Any]] | None = None) -> None:
+    def __init__(self, workdir: Path, ae_title: str = "ORTHANC", modalities: dict[str, list[Any]] | None = None,
+                 dicomweb: bool = False) -> None:
         self.workdir = workdir
+        self.dicomweb = dicomweb
         self.ae_title = ae_title
         self.http_port = free_port()
         self.dicom_port = free_port()
@@ -44,6 +52,9 @@ class Orthanc:
             "Plugins": [],
             "StableAge": 2,
         }
+        if self.dicomweb:
+            config["Plugins"] = [require_dicomweb_plugin()]
+            config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
         config_path = self.workdir / "orthanc.json"
         config_path.write_text(json.dumps(config, indent=2))
         log = (self.workdir / "orthanc.log").open("ab")
@@ -76,11 +87,55 @@ class Orthanc:
             text = response.read()
         return json.loads(text) if text else None
 
+    def put(self, path: str, body: dict[str, Any]) -> Any:
+        request = urllib.request.Request(self.url(path), data=json.dumps(body).encode(), method="PUT")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            text = response.read()
+        return json.loads(text) if text else None
+
+    def delete(self, path: str) -> None:
+        request = urllib.request.Request(self.url(path), method="DELETE")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            response.read()
+
+    def clear(self) -> None:
+        """Delete every stored instance (keeps the configuration, e.g. modalities added by PUT)."""
+        for patient in self.get("/patients"):
+            self.delete(f"/patients/{patient}")
+
+    @property
+    def stow_url(self) -> str:
+        """The DICOMweb studies endpoint (STOW-RS target); needs ``dicomweb=True``."""
+        return self.url("/dicom-web/studies")
+
+    def instance_file(self, sop_instance_uid: str) -> bytes | None:
+        """The stored file of the instance with this SOP Instance UID, or None."""
+        matches = [match for match in self.post("/tools/lookup", sop_instance_uid.encode())
+                   if match["Type"] == "Instance"]
+        return self.get_bytes(f"/instances/{matches[0]['ID']}/file") if matches else None
+
     def upload(self, paths: list[Path]) -> set[str]:
         """POST each file to /instances; returns the Orthanc study ids."""
         return {self.post("/instances", path.read_bytes())["ParentStudy"] for path in paths}
 
     def stop(self) -> None:
+        """Stop the server; ``start()`` brings it back on the same ports with the same storage."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=20)
+
+
+    def kill(self) -> None:
+        """SIGKILL, as a crashed PACS; ``start()`` brings it back (a clean stop takes ~3.5 s)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=20)
+
+
+def require_dicomweb_plugin() -> str:
+    for candidate in (Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so"),
+                      *sorted(Path("/usr/lib/orthanc").glob("libOrthancDicomWeb.so*"))):
+        if candidate.is_file():
+            return str(candidate)
+    pytest.skip("TOOL MISSING: the orthanc-dicomweb plugin is not installed; `scripts/test` installs it "
+                "(apt-get install orthanc-dicomweb)")

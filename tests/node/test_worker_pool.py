@@ -1,4 +1,4 @@
-"""Inference runs in a separate worker process with verified models from the registry."""
+"""Pipeline steps run in separate worker processes; inference uses verified registry models."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from node.inference_worker import InferenceWorker, SegmentationRequest
+from node.worker_pool import WorkerCrashedError, WorkerPool
 from pipeline.model.registry import ModelRegistry
+from pipeline.model.segmentation import SegmentationRequest, segment
 from tests.pipeline.model.tiny_model import write_model_folder
 
 
@@ -17,14 +19,14 @@ def test_segmentation_runs_in_another_process(tmp_path: Path) -> None:
     write_model_folder(tmp_path / "source")
     ModelRegistry(tmp_path / "data" / "models").add_folder(tmp_path / "source")
     image = np.random.default_rng(0).normal(size=(4, 40, 48, 32)).astype(np.float32)
-    worker = InferenceWorker()
+    worker = WorkerPool()
     try:
         result = worker.run(
+            segment,
             SegmentationRequest(
                 image=image, roles=("t1", "t1c", "t2", "flair"), model_ids=("tiny-random-test",),
                 data_dir=tmp_path / "data", tta=False, device="cpu",
             ),
-            timeout_s=300,
         )
     finally:
         worker.close()
@@ -33,3 +35,13 @@ def test_segmentation_runs_in_another_process(tmp_path: Path) -> None:
     assert set(np.unique(result.labels).tolist()) <= {0, 1, 2, 4}
     [model] = result.models
     assert model["id"] == "tiny-random-test" and len(model["sha256"]) == 64
+
+
+def test_a_dead_worker_is_a_transient_error_and_the_pool_recovers() -> None:
+    pool = WorkerPool()
+    try:
+        with pytest.raises(WorkerCrashedError, match="worker process died"):
+            pool.run(os._exit, 3)  # the worker dies as if killed or out of memory
+        assert pool.run(os.getpid) != os.getpid()
+    finally:
+        pool.close()

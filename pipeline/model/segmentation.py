@@ -1,23 +1,20 @@
-"""Inference in a worker process, never in the DICOM listener's process.
+"""Segment one preprocessed study with the registry's models (one or an ensemble).
 
-Why a separate process: a forward pass holds the CPU (and the GIL) for seconds to minutes
-and needs gigabytes; the listener must keep answering C-STOREs meanwhile, and a crash in
-native code (CUDA, a corrupt model) must not take the listener down. One worker per device
-(the embedded default: one), started with ``spawn`` so it inherits no threads or sockets
-from the listener. Models are loaded once per worker and verified against their sha256.
+Runs inside a pipeline worker process (``node/worker_pool.py``), never in the DICOM
+listener's process. Models are loaded once per process and verified against their sha256
+at load, so a worker that segments many studies pays the load once.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from pipeline.errors import InferenceError
 from pipeline.model.inference import choose_roi, postprocess, predict_regions
 from pipeline.model.labels import LabelConvention
 from pipeline.model.registry import LoadedModel, node_registry
@@ -54,6 +51,8 @@ _models: dict[tuple[str, str], LoadedModel] = {}
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InferenceError("model.device is 'cuda' but no CUDA device is available")
     return torch.device(name)
 
 
@@ -65,7 +64,7 @@ def _model(data_dir: Path, model_id: str, device: torch.device) -> LoadedModel:
 
 
 def segment(request: SegmentationRequest) -> SegmentationResult:
-    """Run in the worker: the models' channel orders are honoured per model."""
+    """Each model gets the channels in its own manifest's order; outputs are averaged."""
     device = _device(request.device)
     loaded = [_model(request.data_dir, model_id, device) for model_id in request.model_ids]
     probabilities = []
@@ -97,20 +96,3 @@ def segment(request: SegmentationRequest) -> SegmentationResult:
         record={"postprocessing": record.as_dict(), "device": str(device), "tta": request.tta},
         worker_pid=os.getpid(),
     )
-
-
-class InferenceWorker:
-    """A one-process pool per device; ``run`` blocks until the worker answers."""
-
-    def __init__(self, workers: int = 1) -> None:
-        self._pool = ProcessPoolExecutor(
-            max_workers=workers, mp_context=multiprocessing.get_context("spawn")
-        )
-
-    def run(
-        self, request: SegmentationRequest, timeout_s: float | None = None
-    ) -> SegmentationResult:
-        return self._pool.submit(segment, request).result(timeout=timeout_s)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)

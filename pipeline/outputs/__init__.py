@@ -1,0 +1,37 @@
+"""The DICOM result objects: SEG, TID 1500 SR, secondary capture and encapsulated PDF.
+
+``write_results`` is the entry point the job runner calls; the builders and
+specs are exported for tests and for callers that want one object only.
+"""
+
+from pipeline.outputs.enums import ALL_REGIONS, BASE_REGIONS, EnhancingTumourLabel, Region
+from pipeline.outputs.errors import OutputError, OutputSpecError
+from pipeline.outputs.provenance import AlgorithmProvenance, SeriesSpec
+from pipeline.outputs.regions import (
+    LabelConvention,
+    RegionStatistics,
+    RegionVolume,
+    volumes_ml,
+)
+from pipeline.outputs.seg import TUMOUR_SEGMENTS, SegmentSpec
+from pipeline.outputs.writer import ResultsRecord, WrittenObject, write_results
+
+__all__ = [
+    "ALL_REGIONS",
+    "BASE_REGIONS",
+    "TUMOUR_SEGMENTS",
+    "AlgorithmProvenance",
+    "EnhancingTumourLabel",
+    "LabelConvention",
+    "OutputError",
+    "OutputSpecError",
+    "Region",
+    "RegionStatistics",
+    "RegionVolume",
+    "ResultsRecord",
+    "SegmentSpec",
+    "SeriesSpec",
+    "WrittenObject",
+    "volumes_ml",
+    "write_results",
+]

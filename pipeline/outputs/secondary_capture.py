@@ -1,0 +1,194 @@
+"""Secondary capture images: the T1c slices with the tumour drawn in, for viewers without SEG.
+
+Why burned-in pixels: a PACS or viewer that cannot display SEG or SR still
+shows an RGB image. Which slices: every T1c slice the whole tumour touches,
+one SC image each, in slice order (all slices would mostly repeat the plain
+T1c the PACS already holds). An empty result gets one image, the middle
+slice, saying so, so a requested SC series always exists.
+
+Every image carries "NOT FOR CLINICAL USE" in its pixels (Burned In Annotation
+YES) and no patient identity in its pixels; the patient and study modules are
+copied from the source image by highdicom, as the IOD requires.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import highdicom as hd
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image, ImageDraw, ImageFont
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+from scipy import ndimage
+
+from pipeline.outputs.enums import BASE_REGIONS, Region
+from pipeline.outputs.errors import OutputError
+from pipeline.outputs.provenance import AlgorithmProvenance, SeriesSpec
+from pipeline.outputs.regions import REGION_COLOURS_RGB
+from pipeline.outputs.source import SourceSeries, plane_geometry
+
+#: Opacity of the region fill; the region's border is drawn opaque.
+FILL_ALPHA = 0.35
+#: Percentiles of the displayed pixels mapped to black and white.
+WINDOW_PERCENTILES = (0.5, 99.5)
+WARNING_TEXT = "NOT FOR CLINICAL USE"
+
+Window = tuple[float, float]
+
+
+def display_window(planes: Sequence[NDArray[np.float64]]) -> Window:
+    """One grey window for a set of slices, so brightness does not jump between images."""
+    values = np.concatenate([plane.ravel() for plane in planes])
+    foreground = values[values > values.min()]
+    low, high = np.percentile(foreground if foreground.size else values, WINDOW_PERCENTILES)
+    return float(low), float(max(high, low + 1e-6))
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    # Pillow's bundled default font: no system font needed on the node.
+    return ImageFont.load_default(size=size)
+
+
+def render_overlay(
+    pixels: NDArray[np.float64],
+    masks: Mapping[Region, NDArray[np.bool_]],
+    window: Window,
+    lines: Sequence[str] = (WARNING_TEXT,),
+) -> NDArray[np.uint8]:
+    """An RGB (rows, columns, 3) picture of one slice with the labelled regions and text.
+
+    Args:
+        pixels: the slice's grey values.
+        masks: (rows, columns) masks of NCR, ED and ET.
+        window: grey values shown as black and white.
+        lines: text burned into the top-left corner (the first line in red).
+    """
+    low, high = window
+    grey = np.clip((pixels - low) / (high - low), 0.0, 1.0) * 255.0
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    for region in BASE_REGIONS:
+        mask = masks[region]
+        if not mask.any():
+            continue
+        colour = np.asarray(REGION_COLOURS_RGB[region], dtype=np.float64)
+        rgb[mask] = (1 - FILL_ALPHA) * rgb[mask] + FILL_ALPHA * colour
+        border = mask & ~ndimage.binary_erosion(mask)
+        rgb[border] = colour
+    image = Image.fromarray(np.round(rgb).astype(np.uint8), mode="RGB")
+    draw = ImageDraw.Draw(image)
+    size = max(9, min(image.width, image.height) // 18)
+    font = _font(size)
+    y: float = 2
+    for number, line in enumerate(lines):
+        box = draw.textbbox((3, y), line, font=font)
+        draw.rectangle((box[0] - 2, box[1] - 1, box[2] + 2, box[3] + 1), fill=(0, 0, 0))
+        draw.text((3, y), line, font=font, fill=(255, 40, 40) if number == 0 else (255, 255, 255))
+        y = box[3] + 3
+    legend_y = image.height - size - 4
+    x: float = 3
+    for region in BASE_REGIONS:
+        box = draw.textbbox((x, legend_y), region.value, font=font)
+        draw.rectangle((box[0] - 2, box[1] - 1, box[2] + 2, box[3] + 1), fill=(0, 0, 0))
+        draw.text((x, legend_y), region.value, font=font, fill=REGION_COLOURS_RGB[region])
+        x = box[2] + 8
+    return np.asarray(image, dtype=np.uint8)
+
+
+def patient_orientation(instance: Dataset, frame: int) -> tuple[str, str]:
+    """Patient Orientation (0020,0020) of a slice: the dominant direction of rows and columns.
+
+    Oblique directions are rounded to their main axis (highdicom accepts single
+    letters only); the SC is a picture, its geometry is the source image's.
+    """
+    orientation, _, _ = plane_geometry(instance, frame)
+    letters = (("L", "R"), ("P", "A"), ("H", "F"))
+
+    def letter(cosines: NDArray[np.float64]) -> str:
+        axis = int(np.argmax(np.abs(cosines)))
+        return letters[axis][0] if cosines[axis] > 0 else letters[axis][1]
+
+    return letter(orientation[:3]), letter(orientation[3:])
+
+
+def slices_to_show(wt_mask: NDArray[np.bool_]) -> list[int]:
+    """Indices of the slices with tumour, or the middle slice when there is none."""
+    with_tumour = [
+        int(i) for i in np.flatnonzero(wt_mask.reshape(wt_mask.shape[0], -1).any(axis=1))
+    ]
+    return with_tumour or [wt_mask.shape[0] // 2]
+
+
+def build_secondary_captures(
+    source: SourceSeries,
+    masks: Mapping[Region, NDArray[np.bool_]],
+    series: SeriesSpec,
+    provenance: AlgorithmProvenance,
+    *,
+    series_instance_uid: str,
+) -> list[hd.sc.SCImage]:
+    """One RGB SC image per tumour slice (see the module docstring).
+
+    Raises:
+        OutputError: if highdicom refuses an image.
+    """
+    indices = slices_to_show(masks[Region.WT])
+    planes = [source.slice_pixels(index) for index in indices]
+    window = display_window(planes)
+    empty = not masks[Region.WT].any()
+    images = []
+    for number, (index, plane) in enumerate(zip(indices, planes, strict=True), start=1):
+        instance = source.instance_of(index)
+        ref = source.slices[index]
+        lines = [
+            provenance.intended_use,
+            f"{provenance.algorithm_name} {provenance.algorithm_version}",
+            f"model {provenance.model_id} {provenance.model_version}",
+        ]
+        if empty:
+            lines.append("no tumour segmented")
+        rgb = render_overlay(
+            plane, {region: masks[region][index] for region in BASE_REGIONS}, window, lines
+        )
+        try:
+            image = hd.sc.SCImage.from_ref_dataset(
+                ref_dataset=instance,
+                pixel_array=rgb,
+                photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+                bits_allocated=8,
+                coordinate_system=hd.CoordinateSystemNames.PATIENT,
+                series_instance_uid=series_instance_uid,
+                series_number=series.series_number,
+                sop_instance_uid=hd.UID(),
+                instance_number=number,
+                manufacturer=series.manufacturer,
+                patient_orientation=patient_orientation(instance, ref.frame),
+                transfer_syntax_uid=ExplicitVRLittleEndian,
+                series_description=series.series_description,
+                manufacturer_model_name=provenance.algorithm_name,
+                software_versions=provenance.algorithm_version,
+            )
+        except (ValueError, TypeError) as exc:
+            raise OutputError(
+                f"series {source.series_instance_uid}: highdicom refused secondary capture "
+                f"{number}: {exc}"
+            ) from exc
+        image.BurnedInAnnotation = "YES"
+        # General Series Laterality is Type 2C (paired body parts) unless Image
+        # Laterality says otherwise: the brain is unpaired, "U".
+        image.ImageLaterality = "U"
+        image.ConversionType = "WSD"  # rendered on a workstation, not digitised
+        image.ImageComments = provenance.intended_use
+        image.DerivationDescription = (
+            f"T1c slice with tumour regions NCR/ED/ET by {provenance.algorithm_name} "
+            f"({provenance.model_label})"
+        )[:1024]
+        reference = Dataset()
+        reference.ReferencedSOPClassUID = instance.SOPClassUID
+        reference.ReferencedSOPInstanceUID = instance.SOPInstanceUID
+        if source.is_multiframe:
+            reference.ReferencedFrameNumber = ref.frame
+        image.SourceImageSequence = [reference]
+        images.append(image)
+    return images

@@ -1,0 +1,265 @@
+"""Write the requested result objects for one label map: SEG, SR, SC, PDF.
+
+Why this order of work: every object is built in memory first and written
+only when all were built, each atomically (temporary file, fsync, rename), so
+a failure leaves either all requested objects or none of them in ``out_dir``
+(a rename that fails half-way removes what this call already wrote).
+
+The SR's segment form refers to the SEG; when it is requested without "seg",
+the SEG is written as well, since an SR must not cite an object that does not
+exist.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import overload
+
+import highdicom as hd
+import SimpleITK as sitk
+from pydicom.dataset import Dataset
+
+from config.settings import OutputKind, OutputSettings, SrRegionReference
+from pipeline.conversion import SliceRef
+from pipeline.outputs.errors import OutputError, OutputSpecError
+from pipeline.outputs.pdf_report import build_pdf_report
+from pipeline.outputs.provenance import AlgorithmProvenance, SeriesSpec
+from pipeline.outputs.regions import (
+    LabelConvention,
+    RegionStatistics,
+    label_array,
+    region_masks,
+    region_statistics,
+    voxel_volume_mm3,
+)
+from pipeline.outputs.secondary_capture import build_secondary_captures
+from pipeline.outputs.seg import build_segmentation
+from pipeline.outputs.source import check_label_geometry, load_source_series
+from pipeline.outputs.sr import build_measurement_report
+
+log = logging.getLogger(__name__)
+
+KINDS: tuple[OutputKind, ...] = ("seg", "sr", "sc", "pdf")
+
+
+@dataclass(frozen=True, slots=True)
+class WrittenObject:
+    """One DICOM file this node wrote, and what it is."""
+
+    kind: OutputKind
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_instance_uid: str
+
+    def as_record(self) -> dict[str, str]:
+        return {
+            "kind": self.kind,
+            "path": str(self.path),
+            "sop_class_uid": self.sop_class_uid,
+            "sop_instance_uid": self.sop_instance_uid,
+            "series_instance_uid": self.series_instance_uid,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ResultsRecord(Sequence[WrittenObject]):
+    """What ``write_results`` produced: the written objects and the region volumes.
+
+    It is a sequence of its ``objects`` (iterate, index, ``len``), so callers that
+    want only the files can treat it as the list of written objects.
+    """
+
+    objects: tuple[WrittenObject, ...]
+    statistics: RegionStatistics
+    provenance: AlgorithmProvenance
+
+    @overload
+    def __getitem__(self, index: int) -> WrittenObject: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[WrittenObject]: ...
+    def __getitem__(self, index: int | slice) -> WrittenObject | Sequence[WrittenObject]:
+        return self.objects[index]
+
+    def __len__(self) -> int:
+        return len(self.objects)
+
+    def __iter__(self) -> Iterator[WrittenObject]:
+        return iter(self.objects)
+
+    def of_kind(self, kind: OutputKind) -> list[WrittenObject]:
+        return [obj for obj in self.objects if obj.kind == kind]
+
+    def as_record(self) -> dict[str, object]:
+        """For the job's record (no patient data: UIDs, paths, volumes, provenance)."""
+        return {
+            "objects": [obj.as_record() for obj in self.objects],
+            "volumes": self.statistics.as_record(),
+            "provenance": self.provenance.as_record(),
+        }
+
+
+#: Pregnancy Status (0010,21C0) enumerated values (PS3.3 C.7.2.2); scanners write 0.
+PREGNANCY_STATUS_VALUES = {1, 2, 3, 4}
+
+
+def _drop_invalid_copied_attributes(dataset: Dataset) -> None:
+    """Remove copied Type 3 patient attributes whose source value is not valid DICOM.
+
+    highdicom copies the Patient Study module from the source image as it is;
+    a value the standard does not define (Philips writes Pregnancy Status 0)
+    carries no information, and would make our own object fail validation.
+    """
+    status = dataset.get("PregnancyStatus")
+    if status is not None and status not in PREGNANCY_STATUS_VALUES:
+        del dataset.PregnancyStatus
+
+
+def _write_atomic(dataset: Dataset, path: Path) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        dataset.save_as(temporary, enforce_file_format=True)
+        with temporary.open("rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _fsync_folder(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _checked_kinds(kinds: Collection[str], form: SrRegionReference) -> list[OutputKind]:
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        raise OutputSpecError(f"unknown result kinds {unknown}; known: {list(KINDS)}")
+    wanted = [kind for kind in KINDS if kind in kinds]
+    if "sr" in wanted and form is SrRegionReference.SEGMENT and "seg" not in wanted:
+        wanted.insert(0, "seg")
+    return wanted
+
+
+def write_results(
+    source_files: Sequence[Path],
+    slices: Sequence[SliceRef],
+    labels: sitk.Image,
+    convention_et_label: int,
+    provenance: AlgorithmProvenance,
+    settings: OutputSettings,
+    kinds: Collection[OutputKind],
+    out_dir: Path,
+) -> ResultsRecord:
+    """Write the requested result objects of one label map into ``out_dir``.
+
+    Args:
+        source_files: the T1c series' files (classic MR, or one Enhanced MR file).
+        slices: ``convert_series(source_files).slices``: the source instance and
+            frame of each label slice, in volume order.
+        labels: integer label map in exactly ``convert_series(source_files).image``'s
+            geometry; ``GetArrayFromImage`` is (slice, row, column).
+        convention_et_label: 4 (BraTS 2017-2021) or 3 (BraTS 2023+).
+        provenance: the algorithm and model, written into every object.
+        settings: series numbers, description, manufacturer, SR region form.
+        kinds: which of "seg", "sr", "sc", "pdf" to write.
+        out_dir: an existing folder; files are named ``<kind>-<SOPInstanceUID>.dcm``.
+
+    Returns:
+        The written objects (also iterable as a list) and the region volumes.
+
+    Raises:
+        OutputSpecError: for unknown kinds or an invalid label convention.
+        OutputError: for a label map that is not on the source grid, label
+            values the convention does not define, or a file that cannot be written.
+    """
+    convention = LabelConvention.of(convention_et_label)
+    form = SrRegionReference(settings.sr_region_reference)
+    wanted = _checked_kinds(kinds, form)
+    if not out_dir.is_dir():
+        raise OutputError(f"output folder {out_dir} does not exist")
+    source = load_source_series(source_files, slices)
+    check_label_geometry(labels, source)
+    masks = region_masks(label_array(labels, convention), convention)
+    statistics = region_statistics(masks, voxel_volume_mm3(labels))
+
+    built: list[tuple[OutputKind, Dataset]] = []
+    segmentation: hd.seg.Segmentation | None = None
+    for kind in wanted:
+        series = SeriesSpec.for_kind(settings, kind)
+        series_uid = hd.UID()
+        if kind == "seg":
+            segmentation = build_segmentation(
+                source,
+                masks,
+                series,
+                provenance,
+                series_instance_uid=series_uid,
+                sop_instance_uid=hd.UID(),
+            )
+            built.append((kind, segmentation))
+        elif kind == "sr":
+            report = build_measurement_report(
+                source,
+                masks,
+                statistics,
+                series,
+                provenance,
+                form,
+                series_instance_uid=series_uid,
+                sop_instance_uid=hd.UID(),
+                segmentation=segmentation if form is SrRegionReference.SEGMENT else None,
+            )
+            built.append((kind, report))
+        elif kind == "sc":
+            images = build_secondary_captures(
+                source, masks, series, provenance, series_instance_uid=series_uid
+            )
+            built.extend((kind, image) for image in images)
+        else:
+            document = build_pdf_report(
+                source,
+                masks,
+                statistics,
+                series,
+                provenance,
+                convention,
+                series_instance_uid=series_uid,
+                sop_instance_uid=hd.UID(),
+            )
+            built.append((kind, document))
+
+    written: list[WrittenObject] = []
+    try:
+        for kind, dataset in built:
+            _drop_invalid_copied_attributes(dataset)
+            path = out_dir / f"{kind}-{dataset.SOPInstanceUID}.dcm"
+            _write_atomic(dataset, path)
+            written.append(
+                WrittenObject(
+                    kind=kind,
+                    path=path,
+                    sop_class_uid=str(dataset.SOPClassUID),
+                    sop_instance_uid=str(dataset.SOPInstanceUID),
+                    series_instance_uid=str(dataset.SeriesInstanceUID),
+                )
+            )
+        _fsync_folder(out_dir)
+    except OSError as exc:
+        for obj in written:
+            obj.path.unlink(missing_ok=True)
+        raise OutputError(
+            f"writing results into {out_dir} failed: {exc}; nothing was kept"
+        ) from exc
+    log.info(
+        "results written",
+        extra={"kinds": wanted, "objects": len(written), "empty_result": statistics.is_empty},
+    )
+    return ResultsRecord(tuple(written), statistics, provenance)

@@ -1,0 +1,96 @@
+"""Jobs through the real pipeline in an in-process node: failures, cancel, retry, resume.
+
+The study is TCGA-FG-6692's native series written as DICOM (tests/fixtures/dicom_study.py);
+TTA is off to keep it fast. No destination is configured, so a job ends at ``done`` once
+its results are written (delivery has its own tests against Orthanc and DCMTK).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from node.cli import app
+from node.service import Node
+from storage.models import Job, JobEvent
+from tests.conftest import FAST_COMPLETION
+from tests.fixtures.dicom_study import BuiltSeries
+from tests.helpers import storescu, wait_for
+
+pytestmark = [pytest.mark.dcmtk, pytest.mark.timeout(600)]
+
+JOBS_ON = {"enabled": True, "poll_interval_s": 0.2, "initial_backoff_s": 0.5}
+
+
+def job_when(node: Node, predicate: Callable[[Job], bool], what: str, timeout_s: float = 300) -> Job:
+    def check() -> Job | None:
+        with node.sessions() as session:
+            job = session.execute(select(Job).order_by(Job.id.desc()).limit(1)).scalar_one_or_none()
+            return job if job is not None and predicate(job) else None
+
+    return wait_for(check, timeout_s, what, interval_s=0.05)
+
+
+def event_kinds(node: Node, job_id: int) -> list[str]:
+    with node.sessions() as session:
+        return list(
+            session.execute(
+                select(JobEvent.kind).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
+            ).scalars()
+        )
+
+
+def cli(node: Node, *args: str) -> Any:
+    return CliRunner().invoke(
+        app, [*args, "--data-dir", str(node.settings.storage.data_dir)], catch_exceptions=False
+    )
+
+
+def test_missing_flair_fails_at_selecting_naming_the_cause_and_retry_runs_it_again(
+    start: Callable[..., Node], tcga_study: dict[str, BuiltSeries]
+) -> None:
+    node = start(completion=FAST_COMPLETION, jobs=JOBS_ON, model={"tta": False})
+    files = [p for role in ("t1", "t1c", "t2") for p in tcga_study[role].files]
+    assert storescu(node.scp.port, files).returncode == 0
+    job = job_when(node, lambda j: j.state == "failed", "the job to fail")
+    assert job.failed_step == "selecting"
+    assert job.error is not None and job.error.startswith("selecting: missing FLAIR")
+    assert event_kinds(node, job.id)[-1] == "failed"
+
+    result = cli(node, "jobs", "retry", str(job.id))
+    assert result.exit_code == 0 and "attempt 2, resumes at selecting" in result.output
+    job = job_when(node, lambda j: j.state == "failed" and j.attempt == 2, "the retried job to fail")
+    assert "retry" in event_kinds(node, job.id)
+    assert cli(node, "jobs", "cancel", str(job.id)).exit_code == 1  # a failed job cannot be cancelled
+
+
+def test_cancel_during_a_step_stops_the_job_and_retry_resumes_it_to_done(
+    start: Callable[..., Node], tcga_study: dict[str, BuiltSeries]
+) -> None:
+    node = start(completion=FAST_COMPLETION, jobs=JOBS_ON, model={"tta": False})
+    files = [p for series in tcga_study.values() for p in series.files]
+    assert storescu(node.scp.port, files).returncode == 0
+    job = job_when(node, lambda j: j.state == "preprocessing", "preprocessing to start")
+
+    result = cli(node, "jobs", "cancel", str(job.id), "--reason", "test")
+    assert result.exit_code == 0
+    # The step in flight finishes in its worker; its outcome is discarded, nothing runs after it.
+    wait_for(lambda: "inferring" not in event_kinds(node, job.id) or None, 5, "no further step")
+    job = job_when(node, lambda j: j.state == "cancelled", "the job to be cancelled")
+    assert job.failed_step == "preprocessing"
+
+    assert cli(node, "jobs", "retry", str(job.id)).exit_code == 0
+    job = job_when(node, lambda j: j.state == "done", "the resumed job to finish")
+    kinds = event_kinds(node, job.id)
+    assert kinds.count("preprocessing") == 1 and kinds.count("converting") == 1  # not redone
+    assert kinds[-1] == "done" and job.model_id == "segnode-reference-v1"
+    outputs = sorted(p.name.split("-")[0] for p in (Path(node.store.data_dir) / "jobs" / str(job.id) / "outputs").iterdir())
+    assert outputs == ["seg", "sr"]
+
+    shown = cli(node, "jobs", "show", str(job.id))
+    assert '"state": "done"' in shown.output and '"model_sha256": "' in shown.output
