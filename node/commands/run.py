@@ -84,7 +84,11 @@ def run(
         "study_instance_uid": study_uid,
         "unreadable_files": unreadable,
         "objects": written,
-        "volumes_ml": results.get("volumes_ml", {}),
+        "volumes_ml": {
+            region: round(float(entry["ml"]), 3)
+            for region, entry in results["volumes"].items()
+            if isinstance(entry, dict)
+        },
         "steps": steps,
         "work_dir": str(workspace.root),
     }
@@ -94,7 +98,7 @@ def run(
     for entry in written:
         typer.echo(f"wrote {entry['kind']:<4} {entry['path']}")
     for region, volume in summary["volumes_ml"].items():
-        typer.echo(f"{region.upper():>4} {volume:8.2f} ml")
+        typer.echo(f"{region:>4} {volume:8.2f} ml")
 
 
 def register(app: typer.Typer) -> None:

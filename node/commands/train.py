@@ -31,6 +31,17 @@ def _print_step(report: StepReport) -> None:
     )
 
 
+def _describe_init(init: dict[str, object]) -> str:
+    missing, unexpected = init["missing"], init["unexpected"]
+    assert isinstance(missing, list) and isinstance(unexpected, list)
+    return (
+        f"initial weights: model {init['model_id']} (sha256 {str(init['weights_sha256'])[:12]}), "
+        f"{init['loaded']} tensors loaded; {len(missing)} missing (start fresh): "
+        f"{', '.join(missing) or 'none'}; {len(unexpected)} unexpected (not loaded): "
+        f"{', '.join(unexpected) or 'none'}"
+    )
+
+
 def train(
     out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoint, log, model/.")],
     case: Annotated[
@@ -87,6 +98,17 @@ def train(
     learning_rate: Annotated[
         float, typer.Option("--lr", help="Initial Adam learning rate (paper: 1e-4).")
     ] = 1e-4,
+    init_weights: Annotated[
+        str | None,
+        typer.Option(
+            "--init-weights",
+            help=(
+                "Start from a model's weights (fine-tuning): a model folder or a model id "
+                "(registry or built-in). The segmentation path must load fully; the VAE "
+                "branch starts fresh. Ignored with --resume."
+            ),
+        ),
+    ] = None,
     note: Annotated[str, typer.Option(help="Appended to the manifest's training_data.")] = "",
     quiet: Annotated[bool, typer.Option("--quiet", help="No per-step lines.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -96,6 +118,11 @@ def train(
         # Imported here: torch and MONAI stay out of every other segnode command.
         from pipeline.model import training
 
+        init_folder = None
+        if init_weights is not None:
+            from node.commands.predict import resolve_model
+
+            init_folder = resolve_model(init_weights)
         config = training.TrainConfig(
             out_dir=out,
             cases=tuple(case or ()),
@@ -115,6 +142,7 @@ def train(
             model_id=model_id,
             training_data_note=note,
             learning_rate=learning_rate,
+            init_weights=init_folder,
         )
         result = training.train(config, progress=None if quiet else _print_step)
     except SegnodeError as exc:
@@ -127,11 +155,14 @@ def train(
         "first_epoch": result.first_epoch,
         "epochs_completed": result.epochs_completed,
         "metrics": result.metrics,
+        "init_weights": result.init_weights,
     }
     if json_output:
         json.dump(summary, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
+        if result.init_weights is not None:
+            typer.echo(_describe_init(result.init_weights))
         typer.echo(f"model folder: {result.model_dir} ({result.epochs_completed} epochs)")
 
 

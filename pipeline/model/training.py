@@ -11,6 +11,11 @@ slower there, channels_last_3d 25-35 % faster: the project's stack notes).
 
 The result is a model folder (``model.pt`` + ``manifest.json`` with the weights' sha256)
 that the node's model loader accepts.
+
+Fine-tuning: ``init_weights`` names a model folder whose (checksum-verified, possibly float16,
+possibly VAE-less) weights start the run. The encoder-decoder parameters must all load; the VAE
+branch starts fresh when the folder holds an inference export (SegResNet), and the model's id and
+sha256 are recorded in the new manifest.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from pipeline.model.augmentation import PAPER_CROP, Shape3, random_augmentation
 from pipeline.model.brats_data import BratsCase, find_case, find_cases, load_case
 from pipeline.model.errors import ModelError
 from pipeline.model.labels import REGIONS
+from pipeline.model.loading import load_verified_weights, read_manifest
 from pipeline.model.losses import forward_for_training, total_loss
 from pipeline.model.manifest import MANIFEST_FILE, ROLES, ArchitectureSpec, ModelManifest
 from pipeline.model.network import build_network, segmentation_logits
@@ -42,6 +48,9 @@ POLY_POWER = 0.9
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "train_log.jsonl"
 MODEL_DIR_NAME = "model"
+INIT_REPORT_NAME = "init_weights.json"
+VAE_PREFIX = "vae_"
+"""State-dict prefix of SegResNetVAE's VAE branch (absent from SegResNet and from exports)."""
 CHECKPOINT_FORMAT = 1
 
 
@@ -84,6 +93,9 @@ class TrainConfig:
     model_id: str | None = None
     model_version: str = "0.1.0"
     training_data_note: str = ""
+    init_weights: Path | None = None
+    """A model folder whose weights start the run (fine-tuning); ignored on resume, where the
+    checkpoint's weights continue. See :func:`load_initial_weights`."""
 
     def __post_init__(self) -> None:
         if not self.cases and not self.data_roots:
@@ -144,6 +156,98 @@ class TrainResult:
     epochs_completed: int
     metrics: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
+    init_weights: dict[str, Any] | None = None
+    """:class:`InitWeightsReport` as a dict, when the run started from a model folder."""
+
+
+@dataclass(frozen=True, slots=True)
+class InitWeightsReport:
+    """What :func:`load_initial_weights` loaded into the network being trained."""
+
+    model_id: str
+    weights_sha256: str
+    folder: str
+    loaded: int
+    """Parameters and buffers copied from the model folder."""
+    missing: tuple[str, ...]
+    """In the network, not loaded (the VAE branch, which starts fresh)."""
+    unexpected: tuple[str, ...]
+    """In the weights file, not loaded (unknown to the network, or a VAE tensor whose shape
+    belongs to another training crop)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model_id,
+            "weights_sha256": self.weights_sha256,
+            "folder": self.folder,
+            "loaded": self.loaded,
+            "missing": list(self.missing),
+            "unexpected": list(self.unexpected),
+        }
+
+
+def load_initial_weights(
+    network: torch.nn.Module, folder: Path, channel_order: Sequence[str] = ROLES
+) -> InitWeightsReport:
+    """Copy a model folder's weights into ``network`` (float32) for fine-tuning.
+
+    Non-strict for the VAE branch only: every parameter of the segmentation path (all keys
+    not starting with ``vae_``) must be present with the network's shape, else nothing is
+    loaded. VAE tensors of another shape (trained on another crop) are skipped and reported.
+
+    Raises:
+        TrainingError: the folder's input channels or outputs differ from the run's, or a
+            segmentation-path parameter is missing or of another shape.
+        ModelError: no valid manifest, or the weights fail their checksum (``pipeline.model.
+            loading``).
+    """
+    manifest = read_manifest(folder)
+    where = f"--init-weights {folder} (model {manifest.id})"
+    if tuple(manifest.input_channels) != tuple(channel_order):
+        raise TrainingError(
+            f"{where} takes channels {list(manifest.input_channels)}, this run feeds "
+            f"{list(channel_order)}"
+        )
+    if tuple(manifest.output_channels) != REGIONS:
+        raise TrainingError(
+            f"{where} outputs {list(manifest.output_channels)}; training needs {list(REGIONS)}"
+        )
+    state = load_verified_weights(folder, manifest)  # checksum-verified bytes
+    expected = network.state_dict()
+    wrong_shape = [
+        name for name, tensor in state.items()
+        if name in expected and tensor.shape != expected[name].shape
+    ]
+    not_loadable = [
+        name
+        for name in expected
+        if not name.startswith(VAE_PREFIX) and (name not in state or name in wrong_shape)
+    ]
+    if not_loadable:
+        shown = ", ".join(not_loadable[:5])
+        raise TrainingError(
+            f"{where}: {len(not_loadable)} parameter(s) of the segmentation path are missing or "
+            f"of another shape ({shown}{', ...' if len(not_loadable) > 5 else ''}); the model's "
+            f"architecture ({manifest.architecture.name}, {manifest.architecture.init_filters} "
+            f"filters) must match the run's (--filters)"
+        )
+    usable = {
+        name: tensor.float() if tensor.is_floating_point() else tensor
+        for name, tensor in state.items()
+        if name in expected and name not in wrong_shape
+    }
+    result = network.load_state_dict(usable, strict=False)
+    unexpected = sorted([*result.unexpected_keys, *(n for n in state if n not in expected)])
+    report = InitWeightsReport(
+        model_id=manifest.id,
+        weights_sha256=manifest.weights_sha256,
+        folder=str(folder),
+        loaded=len(usable),
+        missing=tuple(result.missing_keys),
+        unexpected=tuple(sorted({*unexpected, *wrong_shape})),
+    )
+    log.info("initial weights loaded", extra={"init_weights": report.as_dict()})
+    return report
 
 
 def poly_lr(base_lr: float, epoch: int, epochs: int) -> float:
@@ -302,6 +406,7 @@ def _write_model_folder(
     cases: Sequence[BratsCase],
     history: list[dict[str, Any]],
     val_ids: list[str],
+    init: dict[str, Any] | None = None,
 ) -> tuple[Path, Path, Path, dict[str, Any]]:
     model_dir = config.out_dir / MODEL_DIR_NAME
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -328,8 +433,17 @@ def _write_model_folder(
             "cases": val_ids,
             "overlaps_training": bool(set(val_ids) & set(train_ids)),
             **{region: last.get(f"val_dice_{region}") for region in REGIONS},
+            "by_case": last.get("val_by_case"),
         }
     description = f"{len(train_ids)} case(s): {', '.join(train_ids)}"
+    if init is not None:
+        metrics["init_weights"] = {
+            key: init[key] for key in ("model_id", "weights_sha256", "loaded", "missing")
+        } | {"unexpected": init["unexpected"]}
+        description += (
+            f"; fine-tuned from model {init['model_id']} (weights sha256 "
+            f"{init['weights_sha256']})"
+        )
     manifest = ModelManifest(
         id=config.model_id
         or f"segresnet{'vae' if config.vae else ''}-{config.init_filters}f-trained",
@@ -393,7 +507,7 @@ def train(
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
     model_dir, weights_path, manifest_path, metrics = _write_model_folder(
-        config, run.network, cases, run.history, [case.case_id for case in val_cases]
+        config, run.network, cases, run.history, [case.case_id for case in val_cases], run.init
     )
     return TrainResult(
         model_dir=model_dir,
@@ -405,6 +519,7 @@ def train(
         epochs_completed=len(run.history),
         metrics=metrics,
         history=run.history,
+        init_weights=run.init,
     )
 
 
@@ -421,7 +536,15 @@ class _Run:
         self.log_path = config.out_dir / LOG_NAME
         torch.manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)
-        network = build_network(config.architecture()).to(device)
+        network = build_network(config.architecture())
+        self.init: dict[str, Any] | None = None
+        resuming = config.resume and self.checkpoint_path.exists()
+        if config.init_weights is not None and not resuming:
+            self.init = load_initial_weights(
+                network, config.init_weights, config.channel_order
+            ).as_dict()
+            (config.out_dir / INIT_REPORT_NAME).write_text(json.dumps(self.init, indent=2) + "\n")
+        network = network.to(device)
         # Module.to takes memory_format at run time; torch's stubs omit it.
         self.network = network.to(memory_format=self.memory_format)  # type: ignore[call-overload]
         self.optimizer = torch.optim.Adam(
@@ -448,6 +571,9 @@ class _Run:
         if self.device.type == "cuda" and state["cuda_rng"]:
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
         self.history, self.start_epoch = list(state["history"]), int(state["epoch"])
+        self.init = state.get("init_weights")
+        if self.config.init_weights is not None:
+            log.info("resuming: --init-weights ignored, the checkpoint's weights continue")
         _write_log(self.log_path, self.history)  # drop any line written after the checkpoint
 
     def train_epoch(
@@ -494,10 +620,13 @@ class _Run:
         record["seconds"] = time.monotonic() - started
         self.history.append(record)
 
-    def validate(self, store: _CaseStore) -> dict[str, float]:
-        """Mean Dice per region over the validation cases (whole volumes), and its seconds."""
+    def validate(self, store: _CaseStore) -> dict[str, Any]:
+        """Mean Dice per region over the validation cases (whole volumes), each case's Dice
+        (``val_by_case``: a training case and a held-out one tell different stories), and the
+        seconds it took."""
         started = time.monotonic()
         scores: dict[str, list[float]] = {region: [] for region in REGIONS}
+        by_case: dict[str, dict[str, float]] = {}
         for index, case in enumerate(store.cases):
             image, regions = store.get(index)
             if regions is None:
@@ -506,9 +635,13 @@ class _Run:
                 self.network, image, self.device, self.amp_dtype, self.memory_format
             )
             for channel, region in enumerate(REGIONS):
-                scores[region].append(dice_score(predicted[channel], regions[channel]))
-        result = {f"val_dice_{region}": float(np.mean(values)) for region, values in scores.items()}
-        return {**result, "val_seconds": time.monotonic() - started}
+                value = dice_score(predicted[channel], regions[channel])
+                scores[region].append(value)
+                by_case.setdefault(case.case_id, {})[region] = value
+        result: dict[str, Any] = {
+            f"val_dice_{region}": float(np.mean(values)) for region, values in scores.items()
+        }
+        return {**result, "val_by_case": by_case, "val_seconds": time.monotonic() - started}
 
     def save_checkpoint(self, epochs_done: int) -> None:
         """Everything needed to continue exactly here; then the log line (log never leads)."""
@@ -525,6 +658,7 @@ class _Run:
                 "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
                 "architecture": self.config.architecture().model_dump_json(),
                 "history": self.history,
+                "init_weights": self.init,
             },
         )
         with self.log_path.open("a") as handle:

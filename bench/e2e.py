@@ -1,0 +1,151 @@
+"""End-to-end turnaround: Orthanc sends a study, segnode returns the SEG to Orthanc.
+
+The real setup of the end-to-end tests (tests/integration/test_end_to_end.py): Orthanc
+(Debian package) as the PACS, ``segnode serve`` as a subprocess with the shipped reference
+model, the TCGA-FG-6692 four-series study built from the real NIfTI. Orthanc pushes the
+study (REST ``/modalities/{id}/store``); the node completes it, runs the job and sends SEG
+and SR back. Reported, from the node's database and Orthanc:
+
+  completion wait   last instance received -> job created (the configured quiet times)
+  each step         its duration from the job's event log
+  turnaround        job created -> SEG acknowledged by Orthanc (the C-STORE that delivered it)
+  total             last instance received -> SEG acknowledged
+
+Target (issue 5): turnaround under 2 minutes after completion on 2 CPU cores.
+
+Run: .venv/bin/python bench/e2e.py [--tta | --no-tta] [--runs N] [--series-quiet S] [--study-quiet S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sqlite3
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+STEPS = ("selecting", "converting", "preprocessing", "inferring", "writing", "sending")
+
+
+def _config(orthanc_port: int, tta: bool, series_quiet: float, study_quiet: float) -> str:
+    return f"""
+[storage]
+min_free_disk_mb = 1
+[completion]
+check_interval_s = 0.2
+[completion.profiles.default]
+series_quiet_s = {series_quiet}
+study_quiet_s = {study_quiet}
+release_grace_s = {series_quiet}
+[model]
+tta = {str(tta).lower()}
+[[delivery.destinations]]
+name = "pacs"
+ae_title = "ORTHANC"
+host = "127.0.0.1"
+port = {orthanc_port}
+calling_ae = "SEGNODE"
+send = ["seg", "sr"]
+[jobs]
+poll_interval_s = 0.2
+[logging]
+level = "WARNING"
+"""
+
+
+def _parse(value: str) -> datetime:
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _measure(data_dir: Path) -> dict[str, Any]:
+    with sqlite3.connect(data_dir / "segnode.db") as db:
+        last_received = _parse(db.execute("SELECT max(received_at) FROM instances").fetchone()[0])
+        job_id, created = db.execute("SELECT id, created_at FROM jobs ORDER BY id LIMIT 1").fetchone()
+        events = db.execute(
+            "SELECT kind, at, duration_s, detail FROM job_events WHERE job_id = ? ORDER BY id", (job_id,)
+        ).fetchall()
+    created_at = _parse(created)
+    steps = {}
+    delivered_at = None
+    for kind, at, duration, detail in events:
+        record = json.loads(detail) if detail else {}
+        if record.get("step") in STEPS and duration is not None:
+            steps[record["step"]] = duration
+        if kind == "delivered":
+            delivered_at = _parse(at)
+    if delivered_at is None:
+        raise RuntimeError(f"job {job_id} delivered nothing: {[e[0] for e in events]}")
+    return {
+        "completion_wait_s": (created_at - last_received).total_seconds(),
+        "steps_s": steps,
+        "turnaround_s": (delivered_at - created_at).total_seconds(),
+        "total_s": (delivered_at - last_received).total_seconds(),
+    }
+
+
+def run_once(tmp: Path, study_files: list[Path], args: argparse.Namespace) -> dict[str, Any]:
+    from tests.helpers import NodeProcess, free_port, wait_for
+    from tests.orthanc import Orthanc
+
+    node_port = free_port()
+    orthanc = Orthanc(tmp / "orthanc", modalities={"segnode": ["SEGNODE", "127.0.0.1", node_port]}).start()
+    config = tmp / "node.toml"
+    config.write_text(_config(orthanc.dicom_port, args.tta, args.series_quiet, args.study_quiet))
+    data_dir = tmp / "data"
+    node = NodeProcess(config, data_dir, node_port, tmp / "node.log").start()
+    try:
+        [study] = orthanc.upload(study_files)
+        orthanc.post("/modalities/segnode/store", {"Resources": [study], "Synchronous": True})
+
+        def seg_stored() -> bool:
+            return any(s["MainDicomTags"].get("Modality") == "SEG" for s in orthanc.get(f"/studies/{study}/series"))
+
+        wait_for(seg_stored, 900, "the SEG in Orthanc", interval_s=0.2)
+        time.sleep(0.5)  # the delivered event commits right after Orthanc's acknowledgement
+        return _measure(data_dir)
+    finally:
+        node.stop()
+        orthanc.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
+                        help="test-time augmentation (the shipped default: on)")
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--series-quiet", type=float, default=5.0)
+    parser.add_argument("--study-quiet", type=float, default=10.0)
+    args = parser.parse_args()
+    from tests.fixtures.dicom_study import build_tcga_study
+
+    print(f"# segnode end-to-end benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+    print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+          f"TTA {'on' if args.tta else 'off'}; quiet times series {args.series_quiet} s, study {args.study_quiet} s")
+    with tempfile.TemporaryDirectory() as built:
+        series = build_tcga_study(Path(built))
+        files = [path for s in series.values() for path in s.files]
+        print(f"# study: TCGA-FG-6692 native, 4 series, {len(files)} instances\n")
+        header = f"{'run':>3} {'completion':>10} " + " ".join(f"{s:>13}" for s in STEPS) + f" {'turnaround':>10} {'total':>7}"
+        print(header)
+        for run in range(1, args.runs + 1):
+            with tempfile.TemporaryDirectory() as tmp:
+                figures = run_once(Path(tmp), files, args)
+            steps = figures["steps_s"]
+            print(f"{run:>3} {figures['completion_wait_s']:>10.1f} "
+                  + " ".join(f"{steps.get(s, float('nan')):>13.1f}" for s in STEPS)
+                  + f" {figures['turnaround_s']:>10.1f} {figures['total_s']:>7.1f}")
+    print("\nseconds; turnaround = job created -> SEG acknowledged by Orthanc (target < 120 s on 2 cores)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""The sending step against real DCMTK peers: tracked per destination, never sent twice.
+
+The "results" are real MR files from ../shared/data standing in for a job's SEG: delivery
+sends whatever files the job's results.json names, so their content does not matter here
+(the SEG/SR themselves go to Orthanc in tests/integration/test_end_to_end.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from config.settings import Settings
+from node.job_runner import JobRunner, job_workspace
+from node.service import open_storage
+from storage.jobs import create_job
+from storage.models import Job, JobDelivery, JobEvent, JobState, Study, utc_now
+from tests.dcmtk_peers import Storescp
+from tests.helpers import free_port, require_shared_data
+
+pytestmark = pytest.mark.dcmtk
+
+
+@pytest.fixture
+def peers(tmp_path: Path) -> Iterator[dict[str, Storescp]]:
+    started = {
+        "accepting": Storescp(tmp_path / "accepting"),
+        "refusing": Storescp(tmp_path / "refusing", "--refuse"),
+    }
+    yield started
+    for peer in started.values():
+        peer.stop()
+
+
+def sending_job(settings: Settings, files: list[Path]) -> tuple[JobRunner, int]:
+    """A job whose results are written, in state ``sending``, and a runner (no threads)."""
+    _, sessions, store = open_storage(settings)
+    now = utc_now()
+    with sessions.begin() as session:
+        study = Study(
+            study_instance_uid="1.2.3.4", state="complete", state_changed_at=now,
+            first_received_at=now, last_received_at=now,
+        )
+        session.add(study)
+        session.flush()
+        job = create_job(session, study_id=study.id, trigger="test", routing_rule=None, series_ids=[], detail={})
+        job.state = JobState.SENDING.value
+        job_id = job.id
+    workspace = job_workspace(store, job_id)
+    workspace.write_json(
+        "results.json", {"objects": [{"kind": "seg", "path": str(path)} for path in files]}
+    )
+    return JobRunner(settings, sessions, store), job_id
+
+
+def test_each_destination_is_tracked_and_a_delivered_one_is_not_sent_again(
+    make_settings: Callable[..., Settings], peers: dict[str, Storescp]
+) -> None:
+    files = sorted((require_shared_data() / "siemens_prisma_E11_t1_fl2d_sag_HFS").iterdir())[:5]
+    settings = make_settings(
+        delivery={
+            "max_attempts": 2,
+            "initial_backoff_s": 0.2,
+            "max_backoff_s": 0.2,
+            "destinations": [
+                peers["accepting"].destination(name="accepting").model_dump(),
+                peers["refusing"].destination(name="refusing").model_dump(),
+                {"name": "down", "ae_title": "DOWN", "host": "127.0.0.1", "port": free_port(), "timeout_s": 2},
+            ],
+        }
+    )
+    runner, job_id = sending_job(settings, files)
+    sessions = runner._sessions
+
+    runner.run_job(job_id)  # first pass: one delivered, one refused, one waiting for a retry
+    with sessions() as session:
+        rows = {row.destination: row for row in session.execute(select(JobDelivery)).scalars()}
+        job = session.get(Job, job_id)
+        assert job is not None and job.state == "sending" and job.next_attempt_at is not None
+    assert rows["accepting"].state == "delivered" and len(rows["accepting"].sop_instance_uids) == 5
+    assert rows["refusing"].state == "failed" and "reject" in (rows["refusing"].last_error or "").lower()
+    assert rows["down"].state == "pending" and "refused" in (rows["down"].last_error or "").lower()
+    assert len(peers["accepting"].received()) == 5
+
+    time.sleep(0.3)
+    runner.run_job(job_id)  # second pass: the down peer gives up; nothing is sent twice
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        rows = {row.destination: row for row in session.execute(select(JobDelivery)).scalars()}
+        kinds = list(session.execute(select(JobEvent.kind).where(JobEvent.job_id == job_id)).scalars())
+    assert job is not None and job.state == "failed" and job.failed_step == "sending"
+    assert job.error is not None and "refusing:" in job.error and "down: gave up after 2 attempts" in job.error
+    assert rows["accepting"].attempts == 1 and kinds.count("delivered") == 1
+    assert kinds.count("delivery_retry") == 1 and kinds.count("delivery_failed") == 2
