@@ -350,10 +350,10 @@ class OutputSettings(_Section):
     sr_series_number: Annotated[int, Field(ge=1)] = 9902
     sc_series_number: Annotated[int, Field(ge=1)] = 9903
     pdf_series_number: Annotated[int, Field(ge=1)] = 9904
-    series_description: Annotated[str, StringConstraints(min_length=1, max_length=40)] = (
+    series_description: Annotated[str, StringConstraints(min_length=1, max_length=36)] = (
         "segnode tumour"
     )
-    """Prefix of every result series description; " - not for clinical use" is appended."""
+    """Prefix of every result series description: "<this> SEG - not for clinical use"."""
     sr_region_reference: SrRegionReference = SrRegionReference.OUTLINES
     manufacturer: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "segnode"
 

@@ -27,6 +27,13 @@ MODEL_ID_MAX_CHARS = 1024
 IS_MAX = 2**31 - 1
 #: What every result series description ends with (the issue's wording).
 NOT_FOR_CLINICAL_USE_SUFFIX = " - not for clinical use"
+#: Shown in the viewer's series list, so a radiologist tells the four result series apart.
+KIND_LABELS = {"seg": "SEG", "sr": "SR", "sc": "SC", "pdf": "PDF"}
+
+
+def series_description(settings: OutputSettings, kind: OutputKind) -> str:
+    """E.g. "segnode tumour SEG - not for clinical use" (at most 63 characters: LO is 64)."""
+    return f"{settings.series_description} {KIND_LABELS[kind]}{NOT_FOR_CLINICAL_USE_SUFFIX}"
 
 
 def _check_lo(what: str, value: str) -> None:
@@ -167,6 +174,6 @@ class SeriesSpec:
         }
         return cls(
             series_number=numbers[kind],
-            series_description=settings.series_description + NOT_FOR_CLINICAL_USE_SUFFIX,
+            series_description=series_description(settings, kind),
             manufacturer=settings.manufacturer,
         )

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.outputs import Region
 from pipeline.outputs.pdf_report import key_slice, render_page
-from pipeline.outputs.provenance import NOT_FOR_CLINICAL_USE_SUFFIX
+from pipeline.outputs.provenance import series_description
 from pipeline.outputs.regions import LabelConvention, label_array, region_masks, region_statistics
 from pipeline.outputs.source import load_source_series
 from tests.fixtures.dicom_study import PatientTags
@@ -45,7 +45,7 @@ def test_pdf_is_encapsulated_in_the_source_study(written: Written, t1c: T1cCase)
     assert dataset.SeriesNumber == written.settings.pdf_series_number
     assert (
         dataset.SeriesDescription
-        == written.settings.series_description + NOT_FOR_CLINICAL_USE_SUFFIX
+        == series_description(written.settings, "pdf")
     )
     assert dataset.MIMETypeOfEncapsulatedDocument == "application/pdf"
     sources = {item.ReferencedSOPInstanceUID for item in dataset.SourceInstanceSequence}

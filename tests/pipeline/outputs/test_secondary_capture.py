@@ -7,7 +7,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from pipeline.outputs.provenance import NOT_FOR_CLINICAL_USE_SUFFIX
+from pipeline.outputs.provenance import series_description
 from tests.pipeline.outputs.dicom_checks import T1cCase, Written, dciodvfy, unexpected_warnings
 
 
@@ -71,7 +71,7 @@ def test_sc_series_is_in_the_source_study_with_the_configured_series(
         assert image.SeriesNumber == written.settings.sc_series_number
         assert (
             image.SeriesDescription
-            == written.settings.series_description + NOT_FOR_CLINICAL_USE_SUFFIX
+            == series_description(written.settings, "sc")
         )
         assert image.Manufacturer == written.settings.manufacturer
 

@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from pipeline.outputs import codes
-from pipeline.outputs.provenance import NOT_FOR_CLINICAL_USE_SUFFIX
+from pipeline.outputs.provenance import series_description
 from tests.pipeline.outputs.dicom_checks import (
     PROVENANCE,
     T1cCase,
@@ -126,7 +126,7 @@ def test_seg_is_filed_in_the_source_study_with_the_configured_series(
         assert seg.get(keyword) == source.get(keyword), keyword
     assert seg.SeriesNumber == written.settings.seg_series_number
     assert (
-        seg.SeriesDescription == written.settings.series_description + NOT_FOR_CLINICAL_USE_SUFFIX
+        seg.SeriesDescription == series_description(written.settings, "seg")
     )
     assert seg.SeriesDescription.endswith("- not for clinical use")
     assert seg.Manufacturer == written.settings.manufacturer

@@ -45,10 +45,11 @@ def test_version_label_leaves_out_a_model_id_that_does_not_fit() -> None:
 
 
 def test_series_spec_from_settings() -> None:
-    settings = OutputSettings(pdf_series_number=42, series_description="x" * 40)
+    settings = OutputSettings(pdf_series_number=42, series_description="x" * 36)
     spec = SeriesSpec.for_kind(settings, "pdf")
     assert spec.series_number == 42
-    assert spec.series_description == "x" * 40 + " - not for clinical use"
+    assert spec.series_description == "x" * 36 + " PDF - not for clinical use"
+    assert len(spec.series_description) <= 64
     with pytest.raises(OutputSpecError, match="must end with"):
         SeriesSpec(1, "segnode tumour", "segnode")
     with pytest.raises(OutputSpecError, match="series number"):

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 from skimage.draw import polygon2mask
 
 from pipeline.outputs import ALL_REGIONS, Region, codes, volumes_ml
-from pipeline.outputs.provenance import NOT_FOR_CLINICAL_USE_SUFFIX
+from pipeline.outputs.provenance import series_description
 from pipeline.outputs.regions import LabelConvention, region_masks
 from tests.pipeline.outputs.dicom_checks import (
     PROVENANCE,
@@ -176,7 +176,7 @@ def test_sr_is_filed_in_the_source_study_with_the_configured_series(
     assert sr.StudyInstanceUID == source.StudyInstanceUID
     assert sr.PatientID == source.PatientID
     assert sr.SeriesNumber == written.settings.sr_series_number
-    assert sr.SeriesDescription == written.settings.series_description + NOT_FOR_CLINICAL_USE_SUFFIX
+    assert sr.SeriesDescription == series_description(written.settings, "sr")
     assert sr.Manufacturer == written.settings.manufacturer
     assert sr.CompletionFlag == "COMPLETE"
     assert sr.VerificationFlag == "UNVERIFIED"
