@@ -80,15 +80,16 @@ def run(
         target = out / Path(entry["path"]).name
         shutil.copyfile(entry["path"], target)
         written.append({**entry, "path": str(target)})
+    volumes_ml: dict[str, float] = {
+        region: round(float(entry["ml"]), 3)
+        for region, entry in results["volumes"].items()
+        if isinstance(entry, dict)
+    }
     summary = {
         "study_instance_uid": study_uid,
         "unreadable_files": unreadable,
         "objects": written,
-        "volumes_ml": {
-            region: round(float(entry["ml"]), 3)
-            for region, entry in results["volumes"].items()
-            if isinstance(entry, dict)
-        },
+        "volumes_ml": volumes_ml,
         "steps": steps,
         "work_dir": str(workspace.root),
     }
@@ -97,7 +98,7 @@ def run(
         return
     for entry in written:
         typer.echo(f"wrote {entry['kind']:<4} {entry['path']}")
-    for region, volume in summary["volumes_ml"].items():
+    for region, volume in volumes_ml.items():
         typer.echo(f"{region:>4} {volume:8.2f} ml")
 
 
