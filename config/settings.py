@@ -369,7 +369,8 @@ class Destination(_Section):
     ae_title: AeTitle | None = None
     host: str | None = None
     port: Port | None = None
-    calling_ae: AeTitle = "SEGNODE"
+    calling_ae: AeTitle | None = None
+    """The AE title segnode calls as (the PACS must know it); default: listener.ae_title."""
     url: str | None = None
     """STOW-RS: the studies endpoint, e.g. http://pacs:8042/dicom-web/studies."""
     send: list[OutputKind] = ["seg", "sr"]
@@ -403,7 +404,12 @@ class JobSettings(_Section):
     """False: the node receives studies and queues jobs but runs none (maintenance, or a
     receive-only node); queued jobs start when it is switched back on."""
     workers: Annotated[int, Field(ge=1, le=64)] = 1
-    """Pipeline worker processes; with a GPU, one job at a time runs on each device."""
+    """Jobs run at the same time, each step in a worker process. The inferring step runs one
+    at a time on the node (one device), whatever this is; other jobs' steps go on meanwhile."""
+    keep_intermediates: bool = False
+    """Keep a finished job's converted volumes and network input (tens of MB) for debugging."""
+    step_timeout_s: PositiveSeconds = 3600.0
+    """A step running longer is stopped (its worker killed) and retried as a transient failure."""
     max_attempts: Annotated[int, Field(ge=1)] = 3
     """Attempts per step for transient failures (I/O, worker crash) before the job fails."""
     initial_backoff_s: PositiveSeconds = 10.0

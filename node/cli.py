@@ -38,7 +38,7 @@ def serve(
     ae_title: Annotated[str | None, typer.Option("--ae-title", help="Node AE title.")] = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Run the DICOM listener and the completion monitor until stopped."""
+    """Run the DICOM listener, the completion monitor and the job runner until stopped."""
     from node.service import serve_forever
 
     listener = {

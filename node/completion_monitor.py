@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -74,7 +75,10 @@ class CompletionMonitor:
         routing: RoutingSettings,
         sessions: sessionmaker[Session],
         selection: SelectionSettings | None = None,
+        on_job: Callable[[], None] | None = None,
     ) -> None:
+        self._on_job = on_job
+        """Called after a tick created or extended a job (the job runner's wake)."""
         self._completion = completion
         self._routing = routing
         self._selection = selection or SelectionSettings()
@@ -121,6 +125,8 @@ class CompletionMonitor:
                 outcome = self._evaluate(study_id, now)
             if outcome is not None:
                 outcomes.append(outcome)
+        if self._on_job is not None and any(o.job_id is not None for o in outcomes):
+            self._on_job()
         return outcomes
 
     def _series_facts(self, session: Session, study: Study) -> list[SeriesFacts]:

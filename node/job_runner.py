@@ -39,7 +39,13 @@ from pipeline.errors import PipelineError
 from pipeline.steps import StepSettings, run_step, write_inputs
 from pipeline.workspace import Workspace
 from storage.filestore import FileStore
-from storage.jobs import advance_job, fail_job, postpone_step, runnable_job_ids
+from storage.jobs import (
+    advance_job,
+    fail_job,
+    job_series_ids,
+    postpone_step,
+    runnable_job_ids,
+)
 from storage.models import Instance, Job, JobSeries, JobState, Series, Study, utc_now
 
 log = logging.getLogger(__name__)
@@ -166,6 +172,10 @@ class JobRunner:
                 )
                 return
             with self._sessions.begin() as session:
+                if state is JobState.RECEIVED and set(outcome.record["series_ids"]) != job_series_ids(
+                    session, job_id
+                ):
+                    continue  # a late series was attached while the inputs were gathered: again
                 if state is JobState.INFERRING:
                     self._record_models(session, job_id, outcome.record)
                 moved = advance_job(
@@ -191,9 +201,21 @@ class JobRunner:
         elif state is JobState.INFERRING:
             with self._inference_lock:
                 started = time.perf_counter()
-                record = self._pool.run(run_step, state.value, workspace.root, self._step_settings)
+                record = self._pool.run(
+                    self._settings.jobs.step_timeout_s,
+                    run_step,
+                    state.value,
+                    workspace.root,
+                    self._step_settings,
+                )
         else:
-            record = self._pool.run(run_step, state.value, workspace.root, self._step_settings)
+            record = self._pool.run(
+                self._settings.jobs.step_timeout_s,
+                run_step,
+                state.value,
+                workspace.root,
+                self._step_settings,
+            )
         return _StepOutcome(record, time.perf_counter() - started)
 
     def _gather_inputs(self, job_id: int, workspace: Workspace) -> dict[str, Any]:
@@ -202,11 +224,12 @@ class JobRunner:
             study_uid = session.execute(
                 select(Study.study_instance_uid).join(Job, Job.study_id == Study.id).where(Job.id == job_id)
             ).scalar_one()
+            series_ids = sorted(job_series_ids(session, job_id))
             rows = session.execute(
                 select(Series.series_instance_uid, Instance.file_path)
                 .join(JobSeries, JobSeries.series_id == Series.id)
                 .join(Instance, Instance.series_id == Series.id)
-                .where(JobSeries.job_id == job_id)
+                .where(JobSeries.job_id == job_id, Series.id.in_(series_ids))
             ).all()
         series: dict[str, list[Path]] = {}
         for series_uid, file_path in rows:
@@ -214,6 +237,7 @@ class JobRunner:
         write_inputs(workspace, study_uid, series)
         return {
             "work_dir": str(workspace.root),
+            "series_ids": series_ids,
             "series": {uid: len(files) for uid, files in sorted(series.items())},
         }
 
@@ -228,7 +252,13 @@ class JobRunner:
     def _send(self, job_id: int, workspace: Workspace) -> bool:
         """The sending step; True when the job moved on (done), False when it waits or failed."""
         started = time.perf_counter()
-        outcome = send_results(self._sessions, job_id, workspace, self._settings.delivery)
+        outcome = send_results(
+            self._sessions,
+            job_id,
+            workspace,
+            self._settings.delivery,
+            self._settings.listener.ae_title,
+        )
         duration = time.perf_counter() - started
         with self._sessions.begin() as session:
             if outcome.pending_until is not None:
@@ -240,7 +270,7 @@ class JobRunner:
                 causes = "; ".join(f"{name}: {error}" for name, error in sorted(outcome.failures.items()))
                 fail_job(session, job_id, JobState.SENDING, f"sending: {causes}", duration)
                 return False
-            return advance_job(
+            done = advance_job(
                 session,
                 job_id,
                 JobState.SENDING,
@@ -248,6 +278,15 @@ class JobRunner:
                 {"step": "sending", "record": {"delivered": outcome.delivered}},
                 duration,
             )
+        if done:
+            self._finished(workspace)
+        return done
+
+    def _finished(self, workspace: Workspace) -> None:
+        """A done job keeps its records, label map and results; the bulky intermediates go."""
+        if not self._settings.jobs.keep_intermediates:
+            freed = workspace.prune_intermediates()
+            log.info("job folder pruned", extra={"freed_mb": round(freed / 2**20, 1)})
 
     def _fail(self, job_id: int, state: JobState, error: str, duration_s: float) -> None:
         log.warning("job failed", extra={"job_id": job_id, "step": state.value})

@@ -58,12 +58,17 @@ def _attempt(
 ) -> None:
     row.attempts += 1
     try:
-        if files:
-            receipt = send_files(destination, files)
-            uids = list(receipt.sop_instance_uids)
-            duration = receipt.duration_s
-        else:
-            uids, duration = [], 0.0
+        if not files:
+            raise PermanentDeliveryError(
+                destination.name,
+                f"none of the kinds it receives ({', '.join(destination.send)}) was written for "
+                "this job (the destination was probably added after the writing step); "
+                "`segnode jobs retry ID --from writing` writes them",
+                cause="nothing-to-send",
+            )
+        receipt = send_files(destination, files)
+        uids = list(receipt.sop_instance_uids)
+        duration = receipt.duration_s
     except PermanentDeliveryError as exc:
         row.state, row.last_error, row.next_attempt_at = DeliveryState.FAILED.value, str(exc), None
         append_job_event(
@@ -110,10 +115,22 @@ def _attempt(
 
 
 def send_results(
-    sessions: sessionmaker[Session], job_id: int, workspace: Workspace, settings: DeliverySettings
+    sessions: sessionmaker[Session],
+    job_id: int,
+    workspace: Workspace,
+    settings: DeliverySettings,
+    node_ae_title: str,
 ) -> SendingOutcome:
-    """Try every destination that is due; commit each destination's outcome on its own."""
-    destinations = {destination.name: destination for destination in settings.destinations}
+    """Try every destination that is due; commit each destination's outcome on its own.
+
+    ``node_ae_title`` is the calling AE title of destinations that do not set their own.
+    """
+    destinations = {
+        destination.name: destination.model_copy(
+            update={"calling_ae": destination.calling_ae or node_ae_title}
+        )
+        for destination in settings.destinations
+    }
     with sessions.begin() as session:
         rows = ensure_deliveries(session, job_id, destinations)
         due = [

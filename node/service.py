@@ -80,14 +80,16 @@ def start_node(settings: Settings) -> Node:
         "node starting",
         extra={"partial_files_removed": partial, "associations_interrupted": interrupted},
     )
-    monitor = CompletionMonitor(settings.completion, settings.routing, sessions, settings.selection)
+    runner = JobRunner(settings, sessions, store)
+    monitor = CompletionMonitor(
+        settings.completion, settings.routing, sessions, settings.selection, on_job=runner.wake
+    )
     receiver = InstanceReceiver(
         store, sessions, settings.storage, extra_keywords=rule_keywords(settings.routing)
     )
     scp = StorageSCP(
         settings.listener, settings.peers, receiver, sessions, on_association_closed=monitor.wake
     )
-    runner = JobRunner(settings, sessions, store)
     monitor.start()
     if settings.jobs.enabled:
         runner.start()  # resumes every unfinished job at the step that had not finished

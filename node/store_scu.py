@@ -38,7 +38,7 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 
-from config.settings import Destination
+from config.settings import Destination, ListenerSettings
 from node.delivery_outcome import (
     DeliveryError,
     DeliveryReceipt,
@@ -190,7 +190,8 @@ def open_association(
             f"association can carry ({MAX_PRESENTATION_CONTEXTS})",
             cause="too-many-contexts",
         )
-    ae = NoDelayAE(ae_title=destination.calling_ae)
+    # The job runner fills in listener.ae_title; a bare Destination calls as the default title.
+    ae = NoDelayAE(ae_title=destination.calling_ae or ListenerSettings().ae_title)
     ae.acse_timeout = destination.timeout_s
     ae.dimse_timeout = destination.timeout_s
     ae.network_timeout = destination.timeout_s

@@ -44,6 +44,10 @@ class WorkerCrashedError(NodeError):
     """A worker process died while running a step (transient: the step may run again)."""
 
 
+class StepTimeoutError(NodeError, TimeoutError):
+    """A step ran past ``jobs.step_timeout_s`` (transient: it runs again after a backoff)."""
+
+
 class WorkerPool:
     """``workers`` spawned processes; :meth:`run` blocks until one has answered."""
 
@@ -59,23 +63,52 @@ class WorkerPool:
             initializer=_die_with_parent,
         )
 
-    def run(self, function: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    def run(
+        self,
+        timeout_s: float | None,
+        function: Callable[P, R],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> R:
+        """``function(*args, **kwargs)`` in a worker; a step past ``timeout_s`` is killed.
+
+        Raises:
+            WorkerCrashedError: the worker died (transient).
+            StepTimeoutError: the step ran past ``timeout_s``; its worker was killed (transient).
+        """
         with self._lock:
             pool = self._pool
+        future = pool.submit(function, *args, **kwargs)
         try:
-            return pool.submit(function, *args, **kwargs).result()
+            return future.result(timeout=timeout_s)
         except BrokenProcessPool as exc:
-            with self._lock:
-                if self._pool is pool:
-                    self._pool = self._new_pool()
+            self._replace(pool)
             raise WorkerCrashedError(f"the worker process died: {exc}") from exc
+        except TimeoutError as exc:
+            if future.done():  # the step itself raised TimeoutError
+                raise
+            self._replace(pool)
+            raise StepTimeoutError(
+                f"the step ran longer than {timeout_s:g} s; its worker was stopped"
+            ) from exc
+
+    def _replace(self, pool: ProcessPoolExecutor) -> None:
+        """A broken or hung pool is killed and replaced (other jobs' steps in it re-run)."""
+        with self._lock:
+            if self._pool is pool:
+                self._pool = self._new_pool()
+        _terminate(pool)
 
     def close(self) -> None:
         """Stop the workers now: a step in flight is abandoned and re-runs after a restart."""
         with self._lock:
             pool = self._pool
-        # Python 3.14 has ProcessPoolExecutor.terminate_workers(); 3.11 needs the private map.
-        processes = list(getattr(pool, "_processes", {}).values())
-        pool.shutdown(wait=False, cancel_futures=True)
-        for process in processes:
-            process.terminate()
+        _terminate(pool)
+
+
+def _terminate(pool: ProcessPoolExecutor) -> None:
+    # Python 3.14 has ProcessPoolExecutor.terminate_workers(); 3.11 needs the private map.
+    processes = list(getattr(pool, "_processes", {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()

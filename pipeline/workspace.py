@@ -132,6 +132,19 @@ class Workspace:
             notes=tuple(meta["notes"]),
         )
 
+    def prune_intermediates(self) -> int:
+        """Delete the converted volumes and the network input (tens of MB per job); bytes freed.
+
+        What stays: inputs, selection and every step's record, the label map in the T1c
+        geometry, and the DICOM results, enough to audit a job and to resend its results.
+        """
+        freed = 0
+        for path in [*self.root.glob("volumes/*.mha"), self.root / "preprocessed" / "channels.npz"]:
+            if path.is_file():
+                freed += path.stat().st_size
+                path.unlink()
+        return freed
+
     # -- preprocessed study ----------------------------------------------------------------
     def write_preprocessed(self, study: PreprocessedStudy) -> None:
         channels = self.root / "preprocessed" / "channels.npz"

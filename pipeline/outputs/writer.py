@@ -255,8 +255,10 @@ def write_results(
     except OSError as exc:
         for obj in written:
             obj.path.unlink(missing_ok=True)
-        raise OutputError(
-            f"writing results into {out_dir} failed: {exc}; nothing was kept"
+        # Still an OSError (not an OutputError): a full or failing disk is transient, and the
+        # job runner retries the writing step after a backoff instead of failing the job.
+        raise OSError(
+            exc.errno, f"writing results into {out_dir} failed: {exc}; nothing was kept"
         ) from exc
     log.info(
         "results written",

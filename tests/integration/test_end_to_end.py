@@ -64,6 +64,8 @@ send = ["seg", "sr", "sc"]
 [jobs]
 poll_interval_s = 0.2
 initial_backoff_s = 1.0
+# The tumour check below registers the job's own skull-stripped T1c: keep it after done.
+keep_intermediates = true
 """
 
 

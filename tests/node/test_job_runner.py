@@ -89,8 +89,13 @@ def test_cancel_during_a_step_stops_the_job_and_retry_resumes_it_to_done(
     kinds = event_kinds(node, job.id)
     assert kinds.count("preprocessing") == 1 and kinds.count("converting") == 1  # not redone
     assert kinds[-1] == "done" and job.model_id == "segnode-reference-v1"
-    outputs = sorted(p.name.split("-")[0] for p in (Path(node.store.data_dir) / "jobs" / str(job.id) / "outputs").iterdir())
+    folder = Path(node.store.data_dir) / "jobs" / str(job.id)
+    outputs = sorted(p.name.split("-")[0] for p in (folder / "outputs").iterdir())
     assert outputs == ["seg", "sr"]
+    # Done: the bulky intermediates are pruned (right after the commit); the rest stays.
+    wait_for(lambda: not (folder / "preprocessed" / "channels.npz").exists() or None, 10, "pruning")
+    assert not list(folder.glob("volumes/*.mha")) and list(folder.glob("volumes/*.json"))
+    assert (folder / "inference" / "labels_source.mha").is_file() and (folder / "results.json").is_file()
 
     shown = cli(node, "jobs", "show", str(job.id))
     assert '"state": "done"' in shown.output and '"model_sha256": "' in shown.output

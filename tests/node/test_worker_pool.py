@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from node.worker_pool import WorkerCrashedError, WorkerPool
+from node.worker_pool import StepTimeoutError, WorkerCrashedError, WorkerPool
 from pipeline.model.registry import ModelRegistry
 from pipeline.model.segmentation import SegmentationRequest, segment
+from tests.helpers import wait_for
 from tests.pipeline.model.tiny_model import write_model_folder
 
 
@@ -22,6 +24,7 @@ def test_segmentation_runs_in_another_process(tmp_path: Path) -> None:
     worker = WorkerPool()
     try:
         result = worker.run(
+            300,
             segment,
             SegmentationRequest(
                 image=image, roles=("t1", "t1c", "t2", "flair"), model_ids=("tiny-random-test",),
@@ -41,7 +44,29 @@ def test_a_dead_worker_is_a_transient_error_and_the_pool_recovers() -> None:
     pool = WorkerPool()
     try:
         with pytest.raises(WorkerCrashedError, match="worker process died"):
-            pool.run(os._exit, 3)  # the worker dies as if killed or out of memory
-        assert pool.run(os.getpid) != os.getpid()
+            pool.run(60, os._exit, 3)  # the worker dies as if killed or out of memory
+        assert pool.run(60, os.getpid) != os.getpid()
     finally:
         pool.close()
+
+
+def test_a_step_past_its_timeout_is_stopped_and_the_pool_recovers() -> None:
+    pool = WorkerPool()
+    try:
+        first = pool.run(60, os.getpid)
+        with pytest.raises(StepTimeoutError, match="longer than 1 s"):
+            pool.run(1, time.sleep, 30)
+        assert isinstance(StepTimeoutError("x"), TimeoutError)  # transient for the job runner
+        second = pool.run(60, os.getpid)
+        assert second != first  # the hung worker was replaced
+        wait_for(lambda: not _alive(first), 10, "the hung worker to be gone")
+    finally:
+        pool.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

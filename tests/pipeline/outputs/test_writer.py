@@ -131,7 +131,8 @@ def test_a_failed_write_leaves_nothing_behind(
         real_write(dataset, path)  # type: ignore[arg-type]
 
     monkeypatch.setattr(writer_module, "_write_atomic", fail_second)
-    with pytest.raises(OutputError, match="nothing was kept"):
+    # An OSError, not an OutputError: the job runner treats it as transient and retries.
+    with pytest.raises(OSError, match="nothing was kept") as caught:
         write_results(
             t1c.files,
             t1c.volume.slices,
@@ -142,6 +143,7 @@ def test_a_failed_write_leaves_nothing_behind(
             ["seg", "sr"],
             tmp_path,
         )
+    assert not isinstance(caught.value, OutputError) and caught.value.errno == 28
     assert list(tmp_path.iterdir()) == []
 
 
