@@ -99,3 +99,19 @@ def test_cancel_during_a_step_stops_the_job_and_retry_resumes_it_to_done(
 
     shown = cli(node, "jobs", "show", str(job.id))
     assert '"state": "done"' in shown.output and '"model_sha256": "' in shown.output
+
+
+def test_a_step_past_its_timeout_retries_with_backoff_then_fails_naming_the_attempts(
+    start: Callable[..., Node], tcga_study: dict[str, BuiltSeries]
+) -> None:
+    """A real transient failure: each step runs in a fresh worker that needs seconds to import
+    its libraries, so a 0.3 s step limit is always exceeded; the worker is killed each time."""
+    jobs = {**JOBS_ON, "step_timeout_s": 0.3, "max_attempts": 2, "initial_backoff_s": 0.2}
+    node = start(completion=FAST_COMPLETION, jobs=jobs)
+    assert storescu(node.scp.port, tcga_study["t1"].files).returncode == 0
+    job = job_when(node, lambda j: j.state == "failed", "the job to fail", timeout_s=60)
+    assert job.failed_step == "selecting"
+    assert job.error is not None and "ran longer than 0.3 s" in job.error
+    assert job.error.endswith("(after 2 attempts)")
+    kinds = event_kinds(node, job.id)
+    assert kinds.count("step_retry") == 1 and kinds[-1] == "failed"
