@@ -260,6 +260,8 @@ def jobs_list(
                 "rule": job.routing_rule,
                 "created_at": job.created_at.isoformat(),
                 "trigger": job.trigger,
+                "failed_step": job.failed_step,
+                "error": job.error,
             }
             for job in session.execute(select(Job).order_by(Job.id)).scalars()
         ]
@@ -270,6 +272,8 @@ def jobs_list(
         typer.echo(
             f"{entry['id']:>5}  study {entry['study_id']:>5}  {entry['state']:<12} {entry['trigger']}"
         )
+        if entry["error"]:
+            typer.echo(f"       {entry['error']}")
 
 
 @jobs_app.command("show")
