@@ -36,6 +36,7 @@ import torch
 from pipeline.model.augmentation import PAPER_CROP, Shape3, random_augmentation
 from pipeline.model.brats_data import BratsCase, find_case, find_cases, load_case
 from pipeline.model.errors import ModelError
+from pipeline.model.export import VAE_PREFIX
 from pipeline.model.inference import choose_roi, predict_regions
 from pipeline.model.labels import REGIONS
 from pipeline.model.loading import load_verified_weights, read_manifest
@@ -51,8 +52,6 @@ CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "train_log.jsonl"
 MODEL_DIR_NAME = "model"
 INIT_REPORT_NAME = "init_weights.json"
-VAE_PREFIX = "vae_"
-"""State-dict prefix of SegResNetVAE's VAE branch (absent from SegResNet and from exports)."""
 CHECKPOINT_FORMAT = 1
 
 
@@ -217,7 +216,8 @@ def load_initial_weights(
     state = load_verified_weights(folder, manifest)  # checksum-verified bytes
     expected = network.state_dict()
     wrong_shape = [
-        name for name, tensor in state.items()
+        name
+        for name, tensor in state.items()
         if name in expected and tensor.shape != expected[name].shape
     ]
     not_loadable = [
@@ -439,8 +439,7 @@ def _write_model_folder(
             key: init[key] for key in ("model_id", "weights_sha256", "loaded", "missing")
         } | {"unexpected": init["unexpected"]}
         description += (
-            f"; fine-tuned from model {init['model_id']} (weights sha256 "
-            f"{init['weights_sha256']})"
+            f"; fine-tuned from model {init['model_id']} (weights sha256 {init['weights_sha256']})"
         )
     manifest = ModelManifest(
         id=config.model_id

@@ -31,10 +31,11 @@ from tests.orthanc import Orthanc
 pytestmark = [pytest.mark.orthanc, pytest.mark.timeout(600)]
 
 SRI24_CASE = SHARED_DATA / "nifti" / "TCGA-FG-6692_sri24_skullstripped"
-#: Measured 2026-11-21 with segnode-reference-v1 (TTA off): WT Dice 0.47 against the registered
-#: silver label. The bar is loose on purpose: it proves the mask is on the tumour, in the right
-#: geometry, not that the one-case reference model is accurate (see its model card).
-MIN_WT_DICE = 0.35
+#: Measured 2026-11-21 with segnode-reference-v1 0.2.0 (TTA off): WT Dice 0.82 against the
+#: registered silver label (0.47 with 0.1.0). The bar is looser on purpose: it proves the mask is on
+#: the tumour, in the right geometry, not that the one-case reference model is accurate (this is
+#: its training patient; see its model card for an unseen case).
+MIN_WT_DICE = 0.6
 JOB_TIMEOUT_S = 400
 
 

@@ -32,15 +32,6 @@ def test_reference_model_is_built_in_verified_and_not_for_clinical_use(tmp_path:
     assert (BUILTIN_MODELS / REFERENCE / "model.pt").stat().st_size < 20 * 2**20
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "KNOWN GAP (issue 4 open): the CPU-trained reference weights reach WT Dice 0.53 on their "
-        "training case, not 0.8 (640 steps of 96^3 crops on one case; false positives far from "
-        "the tumour). Retrain with the paper's 160x192x128 crops and more steps (GPU); strict: "
-        "this marker must go once the bar is met."
-    ),
-)
 def test_reference_model_reaches_wt_dice_on_its_training_case(tmp_path: Path) -> None:
     if not TRAINING_CASE.is_dir():
         pytest.skip(f"REAL DATA MISSING: {TRAINING_CASE}")
