@@ -19,6 +19,7 @@ runs the same ``pipeline.steps.run_step`` on a distributed engine instead.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -195,20 +196,14 @@ class JobRunner:
             )
 
     def _run_state(self, job_id: int, state: JobState, workspace: Workspace) -> _StepOutcome:
-        started = time.perf_counter()
         if state is JobState.RECEIVED:
+            started = time.perf_counter()
             record = self._gather_inputs(job_id, workspace)
-        elif state is JobState.INFERRING:
-            with self._inference_lock:
-                started = time.perf_counter()
-                record = self._pool.run(
-                    self._settings.jobs.step_timeout_s,
-                    run_step,
-                    state.value,
-                    workspace.root,
-                    self._step_settings,
-                )
-        else:
+            return _StepOutcome(record, time.perf_counter() - started)
+        # One inference at a time on the node's device; the wait for it is not the step's time.
+        slot = self._inference_lock if state is JobState.INFERRING else contextlib.nullcontext()
+        with slot:
+            started = time.perf_counter()
             record = self._pool.run(
                 self._settings.jobs.step_timeout_s,
                 run_step,
