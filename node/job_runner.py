@@ -14,7 +14,7 @@ naming the step and cause); an ``OSError``, a dead worker or a timeout is transi
 step runs again after an exponential backoff, ``jobs.max_attempts`` times at most).
 
 One runner per database: jobs are claimed in memory. A site that outgrows one machine
-runs the same ``pipeline.steps.run_step`` on a distributed engine instead.
+runs the same ``pipeline.step_interface.run_step`` on a distributed engine instead.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from node.logs import log_context
 from node.result_delivery import send_results
 from node.worker_pool import WorkerCrashedError, WorkerPool
 from pipeline.errors import PipelineError
-from pipeline.steps import StepSettings, run_step, write_inputs
-from pipeline.workspace import Workspace
+from pipeline.step_interface import StepSettings, run_step
+from pipeline.workspace import Workspace, write_inputs
 from storage.filestore import FileStore
 from storage.jobs import (
     advance_job,

@@ -1,4 +1,7 @@
-"""The job's pipeline steps, each a function of a job folder and settings.
+"""The job's pipeline steps, each a function of a job folder and settings (worker side).
+
+Importing this module loads torch, MONAI, deepbet and highdicom: only worker processes and
+``segnode run`` do; the node reaches these steps through ``pipeline.step_interface``.
 
 Why this shape: a step reads the files the previous step wrote into the job's
 :class:`~pipeline.workspace.Workspace`, writes its own, and returns a small JSON-able
@@ -14,9 +17,7 @@ worker) may be transient and is the caller's to classify.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -25,16 +26,8 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
-from config.settings import (
-    ModelSettings,
-    OutputKind,
-    OutputSettings,
-    PreprocessingSettings,
-    SelectionSettings,
-    Settings,
-)
 from pipeline.conversion import SpacingPolicy, convert_series
-from pipeline.errors import PipelineError, SelectionError
+from pipeline.errors import SelectionError
 from pipeline.model.labels import LabelConvention
 from pipeline.model.segmentation import SegmentationRequest, segment
 from pipeline.outputs.provenance import AlgorithmProvenance
@@ -42,7 +35,16 @@ from pipeline.outputs.writer import write_results
 from pipeline.preprocessing import CHANNEL_ORDER, labels_to_source, preprocess
 from pipeline.selection import ALL_ROLES, Role, identify_sequences, require_roles
 from pipeline.sequence_facts import facts_from_datasets
+from pipeline.step_interface import StepSettings
 from pipeline.workspace import Workspace
+from pipeline.workspace_images import (
+    read_image,
+    read_preprocessed,
+    read_volume,
+    write_image,
+    write_preprocessed,
+    write_volume,
+)
 
 ALGORITHM_NAME = "segnode"
 ET_LABEL = {LabelConvention.BRATS_2021: 4, LabelConvention.BRATS_2023: 3}
@@ -53,49 +55,6 @@ def segnode_version() -> str:
         return version("segnode")
     except PackageNotFoundError:  # running from a source tree that was not installed
         return "0+unknown"
-
-
-@dataclass(frozen=True)
-class StepSettings:
-    """The parts of the configuration the steps read (picklable, unlike ``Settings``)."""
-
-    data_dir: Path
-    selection: SelectionSettings
-    preprocessing: PreprocessingSettings
-    model: ModelSettings
-    outputs: OutputSettings
-    output_kinds: tuple[OutputKind, ...] = ("seg", "sr")
-
-    @classmethod
-    def from_settings(
-        cls, settings: Settings, output_kinds: Collection[OutputKind] | None = None
-    ) -> StepSettings:
-        if output_kinds is None:
-            wanted = {kind for d in settings.delivery.destinations for kind in d.send}
-            output_kinds = wanted or {"seg", "sr"}
-        order: tuple[OutputKind, ...] = ("seg", "sr", "sc", "pdf")
-        return cls(
-            data_dir=Path(settings.storage.data_dir),
-            selection=settings.selection,
-            preprocessing=settings.preprocessing,
-            model=settings.model,
-            outputs=settings.outputs,
-            output_kinds=tuple(kind for kind in order if kind in set(output_kinds)),
-        )
-
-
-def write_inputs(workspace: Workspace, study_instance_uid: str, series: dict[str, list[Path]]) -> None:
-    """The job's starting point: its study and the files of each series."""
-    workspace.write_json(
-        "inputs.json",
-        {
-            "study_instance_uid": study_instance_uid,
-            "series": [
-                {"series_instance_uid": uid, "files": [str(path) for path in sorted(files)]}
-                for uid, files in sorted(series.items())
-            ],
-        },
-    )
 
 
 # -- steps ---------------------------------------------------------------------------------
@@ -143,22 +102,22 @@ def convert_volumes(workspace: Workspace, settings: StepSettings) -> dict[str, A
     record: dict[str, Any] = {}
     for role in ALL_ROLES:
         volume = convert_series(_selected_files(workspace, role), policy)
-        workspace.write_volume(role, volume)
+        write_volume(workspace, role, volume)
         record[role.value] = volume.as_record()
     return record
 
 
 def preprocess_study(workspace: Workspace, settings: StepSettings) -> dict[str, Any]:
     """Brain extraction, co-registration, 1 mm grid, normalisation (the BraTS convention)."""
-    volumes = {role: workspace.read_volume(role) for role in CHANNEL_ORDER}
+    volumes = {role: read_volume(workspace, role) for role in CHANNEL_ORDER}
     study = preprocess(volumes, settings.preprocessing)
-    workspace.write_preprocessed(study)
+    write_preprocessed(workspace, study)
     return dict(study.record)
 
 
 def infer_labels(workspace: Workspace, settings: StepSettings) -> dict[str, Any]:
     """The network(s) on the preprocessed grid, labels mapped back onto the T1c series."""
-    study = workspace.read_preprocessed()
+    study = read_preprocessed(workspace)
     model = settings.model
     result = segment(
         SegmentationRequest(
@@ -172,8 +131,8 @@ def infer_labels(workspace: Workspace, settings: StepSettings) -> dict[str, Any]
             min_component_voxels=model.min_component_voxels,
         )
     )
-    source = labels_to_source(result.labels, study, workspace.read_volume(Role.T1C))
-    workspace.write_image("inference/labels_source.mha", source)
+    source = labels_to_source(result.labels, study, read_volume(workspace, Role.T1C))
+    write_image(workspace, "inference/labels_source.mha", source)
     grid_counts = {int(v): int(n) for v, n in zip(*np.unique(result.labels, return_counts=True), strict=True)}
     record = {
         "models": list(result.models),
@@ -201,12 +160,12 @@ def provenance_from(inference_record: dict[str, Any]) -> AlgorithmProvenance:
 def write_objects(workspace: Workspace, settings: StepSettings) -> dict[str, Any]:
     """DICOM-SEG, SR (and SC/PDF when a destination wants them) in the T1c's study."""
     inference = workspace.read_json("inference/record.json")
-    t1c = workspace.read_volume(Role.T1C)
+    t1c = read_volume(workspace, Role.T1C)
     workspace.outputs_dir.mkdir(parents=True, exist_ok=True)
     results = write_results(
         source_files=_selected_files(workspace, Role.T1C),
         slices=t1c.slices,
-        labels=workspace.read_image("inference/labels_source.mha"),
+        labels=read_image(workspace, "inference/labels_source.mha"),
         convention_et_label=ET_LABEL[LabelConvention(inference["label_convention"])],
         provenance=provenance_from(inference),
         settings=settings.outputs,
@@ -220,7 +179,7 @@ def write_objects(workspace: Workspace, settings: StepSettings) -> dict[str, Any
 
 Step = Callable[[Workspace, StepSettings], dict[str, Any]]
 
-#: Job state name -> the step that runs in that state, in pipeline order.
+#: Job state name -> the step that runs in that state (``pipeline.step_interface.STEP_NAMES``).
 STEPS: dict[str, Step] = {
     "selecting": select_sequences,
     "converting": convert_volumes,
@@ -228,14 +187,3 @@ STEPS: dict[str, Step] = {
     "inferring": infer_labels,
     "writing": write_objects,
 }
-
-
-def run_step(name: str, work_dir: Path, settings: StepSettings) -> dict[str, Any]:
-    """Entry point for a worker process: run one named step on one job folder."""
-    step = STEPS.get(name)
-    if step is None:
-        raise PipelineError(f"unknown pipeline step {name!r}")
-    started = time.perf_counter()
-    record = step(Workspace(work_dir), settings)
-    record["step_s"] = round(time.perf_counter() - started, 3)
-    return record

@@ -6,6 +6,9 @@ killed resumes at the step that did not finish: the earlier steps' files are sti
 Every file is written to a temporary name and renamed, so a file either exists whole or
 not at all. The database only records which step finished; the files are the data.
 
+This module is the light part (paths, JSON, pruning: what the node itself touches);
+``pipeline/workspace_images.py`` reads and writes the images and arrays the steps exchange.
+
 Layout::
 
     inputs.json                    series UIDs and their files (written by whoever starts the job)
@@ -30,20 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import SimpleITK as sitk
-
-from pipeline.conversion import ConvertedVolume, SliceRef
 from pipeline.errors import PipelineError
-from pipeline.preprocessing import CHANNEL_ORDER, PreprocessedStudy
-from pipeline.selection import Role
 
 
 class WorkspaceError(PipelineError):
     """A step's input file is missing or unreadable (the step before it did not finish)."""
 
 
-def _replace_atomically(path: Path, write: Any) -> None:
+def replace_atomically(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".partial-{path.name}")
     write(partial)
@@ -78,7 +75,7 @@ class Workspace:
     # -- JSON ------------------------------------------------------------------------------
     def write_json(self, relative: str, data: Any) -> Path:
         path = self.root / relative
-        _replace_atomically(
+        replace_atomically(
             path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=str))
         )
         return path
@@ -91,46 +88,6 @@ class Workspace:
             raise WorkspaceError(f"{relative} is missing in the job folder {self.root}") from exc
         except (OSError, ValueError) as exc:
             raise WorkspaceError(f"{relative} in {self.root} is unreadable: {exc}") from exc
-
-    def write_image(self, relative: str, image: sitk.Image) -> Path:
-        path = self.root / relative
-        _replace_atomically(
-            path, lambda tmp: sitk.WriteImage(image, str(tmp), useCompression=True)
-        )
-        return path
-
-    def read_image(self, relative: str) -> sitk.Image:
-        path = self.root / relative
-        if not path.is_file():
-            raise WorkspaceError(f"{relative} is missing in the job folder {self.root}")
-        return sitk.ReadImage(str(path))
-
-    # -- converted volumes -----------------------------------------------------------------
-    def write_volume(self, role: Role, volume: ConvertedVolume) -> None:
-        self.write_image(f"volumes/{role.value}.mha", volume.image)
-        self.write_json(
-            f"volumes/{role.value}.json",
-            {
-                "series_instance_uid": volume.series_instance_uid,
-                "slices": [
-                    {"sop_instance_uid": s.sop_instance_uid, "frame": s.frame, "position_mm": s.position_mm}
-                    for s in volume.slices
-                ],
-                "notes": list(volume.notes),
-            },
-        )
-
-    def read_volume(self, role: Role) -> ConvertedVolume:
-        meta = self.read_json(f"volumes/{role.value}.json")
-        return ConvertedVolume(
-            image=self.read_image(f"volumes/{role.value}.mha"),
-            series_instance_uid=meta["series_instance_uid"],
-            slices=tuple(
-                SliceRef(s["sop_instance_uid"], int(s["frame"]), tuple(s["position_mm"]))
-                for s in meta["slices"]
-            ),
-            notes=tuple(meta["notes"]),
-        )
 
     def prune_intermediates(self) -> int:
         """Delete the converted volumes and the network input (tens of MB per job); bytes freed.
@@ -145,35 +102,16 @@ class Workspace:
                 path.unlink()
         return freed
 
-    # -- preprocessed study ----------------------------------------------------------------
-    def write_preprocessed(self, study: PreprocessedStudy) -> None:
-        channels = self.root / "preprocessed" / "channels.npz"
-        _replace_atomically(
-            channels,
-            lambda tmp: np.savez(
-                tmp.open("wb"), image=study.stacked(CHANNEL_ORDER), brain_mask=study.brain_mask
-            ),
-        )
-        grid = sitk.Image(study.grid.GetSize(), sitk.sitkUInt8)
-        grid.CopyInformation(study.grid)
-        self.write_image("preprocessed/grid.mha", grid)
-        transform = self.root / "preprocessed" / "to_reference.tfm"
-        _replace_atomically(
-            transform, lambda tmp: sitk.WriteTransform(study.to_reference, str(tmp))
-        )
-        self.write_json("preprocessed/record.json", study.record)
 
-    def read_preprocessed(self) -> PreprocessedStudy:
-        channels = self.root / "preprocessed" / "channels.npz"
-        transform = self.root / "preprocessed" / "to_reference.tfm"
-        if not channels.is_file() or not transform.is_file():
-            raise WorkspaceError(f"preprocessing outputs are missing in the job folder {self.root}")
-        with np.load(channels) as arrays:
-            image, mask = arrays["image"], arrays["brain_mask"]
-        return PreprocessedStudy(
-            channels={role: image[index] for index, role in enumerate(CHANNEL_ORDER)},
-            brain_mask=mask,
-            grid=self.read_image("preprocessed/grid.mha"),
-            to_reference=sitk.ReadTransform(str(transform)),
-            record=self.read_json("preprocessed/record.json"),
-        )
+def write_inputs(workspace: Workspace, study_instance_uid: str, series: dict[str, list[Path]]) -> None:
+    """The job's starting point: its study and the files of each series."""
+    workspace.write_json(
+        "inputs.json",
+        {
+            "study_instance_uid": study_instance_uid,
+            "series": [
+                {"series_instance_uid": uid, "files": [str(path) for path in sorted(files)]}
+                for uid, files in sorted(series.items())
+            ],
+        },
+    )

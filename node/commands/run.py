@@ -14,17 +14,15 @@ from typing import Annotated
 
 import typer
 
+from config.settings import OUTPUT_KINDS, OutputKind
 from node.commands.options import ConfigOption, DataDirOption, JsonOption, settings_or_exit
 
-OUTPUT_KINDS = ("seg", "sr", "sc", "pdf")
 
-
-def _kinds(value: str) -> list[str]:
-    kinds = [part.strip() for part in value.split(",") if part.strip()]
-    unknown = sorted(set(kinds) - set(OUTPUT_KINDS))
-    if unknown or not kinds:
+def _kinds(value: str) -> list[OutputKind]:
+    asked = {part.strip() for part in value.split(",") if part.strip()}
+    if not asked or asked - set(OUTPUT_KINDS):
         raise typer.BadParameter(f"choose from {', '.join(OUTPUT_KINDS)} (got {value!r})")
-    return kinds
+    return [kind for kind in OUTPUT_KINDS if kind in asked]
 
 
 def run(
@@ -44,8 +42,8 @@ def run(
     """Segment a study from a folder and write DICOM-SEG, SR (and SC/PDF) into OUT."""
     from node.study_files import read_headers
     from pipeline.errors import PipelineError
-    from pipeline.steps import STEPS, StepSettings, run_step, write_inputs
-    from pipeline.workspace import Workspace
+    from pipeline.step_interface import STEP_NAMES, StepSettings, run_step
+    from pipeline.workspace import Workspace, write_inputs
 
     kinds = _kinds(outputs)
     overrides = {"model": {"default": model}} if model else {}
@@ -63,9 +61,9 @@ def run(
     [(study_uid, series)] = studies.items()
     workspace = Workspace(out.resolve() / "work")
     write_inputs(workspace, study_uid, {uid: [path for path, _ in items] for uid, items in series.items()})
-    step_settings = StepSettings.from_settings(settings, kinds)  # type: ignore[arg-type]
+    step_settings = StepSettings.from_settings(settings, kinds)
     steps: dict[str, object] = {}
-    for name in STEPS:
+    for name in STEP_NAMES:
         if not as_json:
             typer.echo(f"{name} ...", err=True)
         try:
