@@ -13,7 +13,7 @@ import re
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -359,6 +359,8 @@ class OutputSettings(_Section):
 
 
 OutputKind = Literal["seg", "sr", "sc", "pdf"]
+#: Every kind, in the order results are written and listed.
+OUTPUT_KINDS: tuple[OutputKind, ...] = get_args(OutputKind)
 
 
 class Destination(_Section):

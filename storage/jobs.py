@@ -128,11 +128,13 @@ def advance_job(
     to: JobState,
     detail: dict[str, Any],
     duration_s: float | None,
+    **columns: Any,
 ) -> bool:
     """Move a job from ``expected`` to ``to`` and log the transition; False if it moved meanwhile.
 
     The conditional UPDATE is what makes ``segnode jobs cancel`` safe while a step runs: a
-    job cancelled during its step is not moved on when the step returns.
+    job cancelled during its step is not moved on when the step returns. ``columns`` are
+    further job columns set in the same UPDATE.
     """
     now = utc_now()
     values: dict[str, Any] = {
@@ -140,6 +142,7 @@ def advance_job(
         "updated_at": now,
         "step_attempt": 0,
         "next_attempt_at": None,
+        **columns,
     }
     if to in TERMINAL_JOB_STATES:
         values["finished_at"] = now
@@ -157,30 +160,16 @@ def fail_job(
     session: Session, job_id: int, expected: JobState, error: str, duration_s: float | None
 ) -> bool:
     """A permanent failure: the job stops at ``expected`` with the step and cause named."""
-    now = utc_now()
-    moved = _updated_rows(
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.state == expected.value)
-            .values(
-                state=JobState.FAILED.value,
-                failed_step=expected.value,
-                error=error,
-                updated_at=now,
-                finished_at=now,
-                next_attempt_at=None,
-            )
-        )
+    return advance_job(
+        session,
+        job_id,
+        expected,
+        JobState.FAILED,
+        {"step": expected.value, "error": error},
+        duration_s,
+        failed_step=expected.value,
+        error=error,
     )
-    if moved:
-        append_job_event(
-            session,
-            job_id,
-            JobState.FAILED.value,
-            {"step": expected.value, "error": error},
-            duration_s=duration_s,
-        )
-    return bool(moved)
 
 
 def postpone_step(

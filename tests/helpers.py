@@ -23,16 +23,35 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 DICOM_DATA = SHARED_DATA / "dicom"
 
+#: A ``segnode serve`` configuration file for tests: completion within about 2 s of the
+#: last instance (the TOML twin of tests/conftest.py's FAST_COMPLETION); append sections.
+FAST_NODE_TOML = """
+[storage]
+min_free_disk_mb = 1
+[completion]
+check_interval_s = 0.2
+[completion.profiles.default]
+series_quiet_s = 1.0
+study_quiet_s = 1.5
+release_grace_s = 0.5
+"""
+
 T = TypeVar("T")
 
 
-def require_shared_data() -> Path:
-    if not DICOM_DATA.is_dir():
+def require_data(path: Path) -> Path:
+    """``path`` (a file or folder under ../shared/data), or a loud skip when it is absent."""
+    if not path.exists():
         pytest.skip(
-            f"REAL DATA MISSING: {DICOM_DATA} not found; these tests need ../shared/data "
+            f"REAL DATA MISSING: {path} not found; these tests need ../shared/data "
             "(present on developer machines and CI)"
         )
-    return DICOM_DATA
+    return path
+
+
+def require_shared_data() -> Path:
+    """The real scanner DICOM folders (../shared/data/dicom), or a loud skip."""
+    return require_data(DICOM_DATA)
 
 
 def require_tool(name: str) -> str:

@@ -23,7 +23,7 @@ import highdicom as hd
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
-from config.settings import OutputKind, OutputSettings, SrRegionReference
+from config.settings import OUTPUT_KINDS, OutputKind, OutputSettings, SrRegionReference
 from pipeline.conversion import SliceRef
 from pipeline.outputs.errors import OutputError, OutputSpecError
 from pipeline.outputs.pdf_report import build_pdf_report
@@ -43,7 +43,7 @@ from pipeline.outputs.sr import build_measurement_report
 
 log = logging.getLogger(__name__)
 
-KINDS: tuple[OutputKind, ...] = ("seg", "sr", "sc", "pdf")
+KINDS = OUTPUT_KINDS
 
 
 @dataclass(frozen=True, slots=True)

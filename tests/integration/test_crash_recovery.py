@@ -17,18 +17,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 
-from tests.helpers import NodeProcess, free_port, require_shared_data, wait_for
-
-FAST_CONFIG = """
-[storage]
-min_free_disk_mb = 1
-[completion]
-check_interval_s = 0.2
-[completion.profiles.default]
-series_quiet_s = 1.0
-study_quiet_s = 1.5
-release_grace_s = 0.5
-"""
+from tests.helpers import FAST_NODE_TOML, NodeProcess, free_port, require_shared_data, wait_for
 
 
 def query(data_dir: Path, sql: str) -> list[tuple[object, ...]]:
@@ -40,7 +29,7 @@ def test_kill9_mid_association_loses_no_acknowledged_instance(tmp_path: Path) ->
     folder = require_shared_data() / "philips_ingenia_elitionx_3T_sag3D_MPRAGE_classic"
     files = sorted(folder.iterdir())
     config = tmp_path / "node.toml"
-    config.write_text(FAST_CONFIG)
+    config.write_text(FAST_NODE_TOML)
     data_dir, port = tmp_path / "data", free_port()
     node = NodeProcess(config, data_dir, port, tmp_path / "node.log").start()
 

@@ -25,7 +25,7 @@ import SimpleITK as sitk
 from pipeline.conversion import convert_series
 from pipeline.registration import register_rigid, resample_onto
 from tests.fixtures.dicom_study import BuiltSeries
-from tests.helpers import SHARED_DATA, NodeProcess, free_port, wait_for
+from tests.helpers import FAST_NODE_TOML, SHARED_DATA, NodeProcess, free_port, wait_for
 from tests.orthanc import Orthanc
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.timeout(600)]
@@ -40,15 +40,7 @@ JOB_TIMEOUT_S = 400
 
 
 def node_config(orthanc_port: int, *, backoff_s: float = 1.0) -> str:
-    return f"""
-[storage]
-min_free_disk_mb = 1
-[completion]
-check_interval_s = 0.2
-[completion.profiles.default]
-series_quiet_s = 1.0
-study_quiet_s = 1.5
-release_grace_s = 0.5
+    return FAST_NODE_TOML + f"""
 [model]
 tta = false
 [delivery]

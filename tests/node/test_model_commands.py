@@ -12,12 +12,11 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pytest
 import typer
 from typer.testing import CliRunner
 
 from node.commands import evaluate, predict
-from tests.helpers import SHARED_DATA
+from tests.helpers import SHARED_DATA, require_data
 from tests.pipeline.model.tiny_model import write_model_folder
 
 TCGA = SHARED_DATA / "nifti" / "TCGA-FG-6692_sri24_skullstripped"
@@ -42,12 +41,7 @@ def _nifti(path: Path) -> nib.Nifti1Image:
 
 
 def _require_tcga() -> Path:
-    if not TCGA.is_dir():
-        pytest.skip(
-            f"REAL DATA MISSING: {TCGA} not found; these tests need ../shared/data "
-            "(present on developer machines and CI)"
-        )
-    return TCGA
+    return require_data(TCGA)
 
 
 def test_predict_writes_labels_on_the_input_grid(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from node.commands import train as train_command
 from pipeline.model import training
 from pipeline.model.manifest import ModelManifest
-from tests.helpers import SHARED_DATA
+from tests.helpers import SHARED_DATA, require_data
 
 TCGA = SHARED_DATA / "nifti" / "TCGA-FG-6692_sri24_skullstripped"
 TOOLKIT = SHARED_DATA / "nifti" / "brats-toolkit-preprocessed-case"
@@ -84,8 +84,7 @@ def test_bad_crop_is_an_error_message_not_a_traceback(tmp_path: Path) -> None:
 
 
 def test_a_real_one_step_run(tmp_path: Path) -> None:
-    if not TCGA.is_dir():
-        pytest.skip(f"REAL DATA MISSING: {TCGA} not found; needs ../shared/data/nifti")
+    require_data(TCGA)
     args = ["train", "--case", str(TCGA), "--epochs", "1", "--crop", "32", "32", "32"]
     args += ["--filters", "8", "--max-steps", "1", "--device", "cpu", "--out", str(tmp_path)]
     result = CliRunner().invoke(cli(), args)

@@ -16,7 +16,7 @@ from pipeline.conversion import ConvertedVolume, convert_series
 from pipeline.preprocessing import CHANNEL_ORDER, PreprocessedStudy, labels_to_source, preprocess
 from pipeline.registration import register_rigid, resample_onto
 from pipeline.selection import Role
-from tests.helpers import SHARED_DATA, require_shared_data
+from tests.helpers import SHARED_DATA, require_data, require_shared_data
 
 SRI24_CASE = SHARED_DATA / "nifti" / "TCGA-FG-6692_sri24_skullstripped"
 SRI24_NAMES = {Role.T1: "t1", Role.T1C: "t1c", Role.T2: "t2", Role.FLAIR: "fla"}
@@ -167,8 +167,7 @@ def test_optional_atlas_registration_puts_the_study_in_atlas_space(
     preprocessing put the same patient: the residual rigid transform between our T1c and the
     provided SRI24-space T1c is small (measured 2.0-2.6 deg, 1.0 mm: the pipelines differ)."""
     atlas = SHARED_DATA / "templates" / "sri24" / "t1_stripped.nii.gz"
-    if not atlas.is_file():
-        pytest.skip(f"REAL DATA MISSING: {atlas}")
+    require_data(atlas)
     study = preprocess(volumes, PreprocessingSettings(atlas_path=str(atlas)))
     assert "atlas_registration" in study.record
     reference = sitk.ReadImage(str(SRI24_CASE / "t1c.nii.gz"), sitk.sitkFloat32)

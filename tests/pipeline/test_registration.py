@@ -32,7 +32,7 @@ from pipeline.registration import (
     resample_onto,
     rotation_angle_deg,
 )
-from tests.helpers import SHARED_DATA, require_shared_data
+from tests.helpers import SHARED_DATA, require_data
 
 NIFTI = SHARED_DATA / "nifti"
 NATIVE = NIFTI / "TCGA-FG-6692_native_siemens"
@@ -54,9 +54,7 @@ def _two_threads() -> Iterator[None]:
 
 
 def read(path: Path) -> sitk.Image:
-    require_shared_data()
-    if not path.is_file():
-        pytest.skip(f"REAL DATA MISSING: {path} not found; these tests need ../shared/data/nifti")
+    require_data(path)
     return sitk.ReadImage(str(path), sitk.sitkFloat32)
 
 

@@ -19,7 +19,7 @@ from pipeline.model.brats_data import (
     normalise_nonzero,
 )
 from pipeline.model.manifest import ROLES
-from tests.helpers import SHARED_DATA
+from tests.helpers import SHARED_DATA, require_data
 
 NIFTI = SHARED_DATA / "nifti"
 TCGA = NIFTI / "TCGA-FG-6692_sri24_skullstripped"
@@ -29,12 +29,7 @@ NATIVE = NIFTI / "TCGA-FG-6692_native_siemens"
 
 
 def require_nifti() -> Path:
-    if not NIFTI.is_dir():
-        pytest.skip(
-            f"REAL DATA MISSING: {NIFTI} not found; these tests need ../shared/data/nifti "
-            "(present on developer machines and CI)"
-        )
-    return NIFTI
+    return require_data(NIFTI)
 
 
 def write_synthetic_case(folder: Path, names: dict[str, str], et_label: int) -> np.ndarray:

@@ -25,7 +25,7 @@ from pipeline.model.labels import (
     detect_convention,
     labels_to_regions,
 )
-from tests.helpers import SHARED_DATA
+from tests.helpers import SHARED_DATA, require_data
 
 TCGA = SHARED_DATA / "nifti" / "TCGA-FG-6692_sri24_skullstripped"
 TCGA_LABELS = TCGA / "seg_fusion_mav_5algos.nii.gz"
@@ -33,11 +33,7 @@ TOOLKIT_LABELS = SHARED_DATA / "nifti" / "brats-toolkit-preprocessed-case" / "se
 
 
 def _real(path: Path) -> np.ndarray:
-    if not path.is_file():
-        pytest.skip(
-            f"REAL DATA MISSING: {path} not found; these tests need ../shared/data "
-            "(present on developer machines and CI)"
-        )
+    require_data(path)
     image = nib.load(path)
     assert isinstance(image, nib.Nifti1Image)
     return np.asarray(image.dataobj)

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pytest
 
 from pipeline.model.evaluation import evaluate_pair
 from pipeline.model.prediction import predict_case
 from pipeline.model.registry import BUILTIN_MODELS, node_registry
-from tests.helpers import SHARED_DATA
+from tests.helpers import SHARED_DATA, require_data
 
 REFERENCE = "segnode-reference-v1"
 TRAINING_CASE = SHARED_DATA / "nifti" / "TCGA-FG-6692_sri24_skullstripped"
@@ -33,8 +32,7 @@ def test_reference_model_is_built_in_verified_and_not_for_clinical_use(tmp_path:
 
 
 def test_reference_model_reaches_wt_dice_on_its_training_case(tmp_path: Path) -> None:
-    if not TRAINING_CASE.is_dir():
-        pytest.skip(f"REAL DATA MISSING: {TRAINING_CASE}")
+    require_data(TRAINING_CASE)
     summary = predict_case(
         TRAINING_CASE, tmp_path / "labels.nii.gz", BUILTIN_MODELS / REFERENCE, tta=False
     )

@@ -32,7 +32,7 @@ from pipeline.model.training import (
     train,
     training_step,
 )
-from tests.helpers import SHARED_DATA
+from tests.helpers import SHARED_DATA, require_data
 from tests.pipeline.model.tiny_model import tiny_network
 
 NIFTI = SHARED_DATA / "nifti"
@@ -44,12 +44,7 @@ RUN_CROP = (32, 32, 32)
 
 
 def require_nifti() -> Path:
-    if not NIFTI.is_dir():
-        pytest.skip(
-            f"REAL DATA MISSING: {NIFTI} not found; these tests need ../shared/data/nifti "
-            "(present on developer machines and CI)"
-        )
-    return NIFTI
+    return require_data(NIFTI)
 
 
 @functools.cache
