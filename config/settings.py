@@ -328,10 +328,14 @@ class ModelSettings(_Section):
     tta: bool = True
     """Test-time augmentation: mean over the 8 axis flips (paper section 4)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    et_min_voxels: Annotated[int, Field(ge=0)] = 500
-    """Enhancing tumour smaller than this is relabelled necrosis (0 = off)."""
-    min_component_voxels: Annotated[int, Field(ge=0)] = 50
-    """Whole-tumour components smaller than this are removed (0 = off)."""
+    threshold: Annotated[float, Field(gt=0, lt=1)] | None = None
+    """Region probability threshold; None: the model's value tuned on its CV folds."""
+    et_min_voxels: Annotated[int, Field(ge=0)] | None = None
+    """Enhancing tumour smaller than this is relabelled necrosis (0 = off; None: the model's
+    tuned value)."""
+    min_component_voxels: Annotated[int, Field(ge=0)] | None = None
+    """Whole-tumour components smaller than this are removed (0 = off; None: the model's
+    tuned value)."""
 
 
 class SrRegionReference(StrEnum):

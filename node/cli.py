@@ -375,9 +375,9 @@ def jobs_cancel(
 
 def _register_commands() -> None:
     """Commands that live in node/commands/ (one module each)."""
-    from node.commands import evaluate, models, predict, run, train
+    from node.commands import cv, evaluate, models, predict, run, train
 
-    for module in (run, train, predict, evaluate, models):
+    for module in (run, train, predict, evaluate, models, cv):
         module.register(app)
 
 

@@ -127,6 +127,7 @@ def infer_labels(workspace: Workspace, settings: StepSettings) -> dict[str, Any]
             data_dir=settings.data_dir,
             tta=model.tta,
             device=model.device,
+            threshold=model.threshold,
             et_min_voxels=model.et_min_voxels,
             min_component_voxels=model.min_component_voxels,
         )

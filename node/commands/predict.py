@@ -84,10 +84,20 @@ def predict(
         tuple[int, int, int] | None,
         typer.Option(help="Sliding-window size X Y Z (multiples of 8); default: by volume size."),
     ] = None,
-    et_min_voxels: Annotated[int, typer.Option(help="A smaller ET becomes NCR (0: never).")] = 500,
+    threshold: Annotated[
+        float | None,
+        typer.Option(help="Region probability threshold (default: the model's tuned value)."),
+    ] = None,
+    et_min_voxels: Annotated[
+        int | None,
+        typer.Option(help="A smaller ET becomes NCR (0: never; default: the model's value)."),
+    ] = None,
     min_component_voxels: Annotated[
-        int, typer.Option(help="Smaller tumour components are removed (0: none).")
-    ] = 50,
+        int | None,
+        typer.Option(
+            help="Smaller tumour components are removed (0: none; default: the model's value)."
+        ),
+    ] = None,
 ) -> None:
     """Segment a preprocessed case folder into a NIfTI label map (research use only)."""
     try:
@@ -101,8 +111,9 @@ def predict(
             convention=labels,
             tta=tta,
             roi_size=roi,
-            et_min_voxels=et_min_voxels or None,
-            min_component_voxels=min_component_voxels or None,
+            threshold=threshold,
+            et_min_voxels=et_min_voxels,
+            min_component_voxels=min_component_voxels,
         )
     except SegnodeError as exc:
         typer.echo(f"error: {exc}", err=True)

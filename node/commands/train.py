@@ -7,28 +7,17 @@ prints one line per step, and reports the model folder. Everything else lives in
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-if TYPE_CHECKING:
-    from pipeline.model.training import StepReport
-
 from config.errors import SegnodeError
+from node.commands.progress import StepBar
 from pipeline.model.augmentation import PAPER_CROP
-
-
-def _print_step(report: StepReport) -> None:
-    losses = report.losses
-    typer.echo(
-        f"epoch {report.epoch}/{report.epochs} step {report.step}/{report.steps} "
-        f"[{report.case_id}] loss {losses['total']:.4f} (dice {losses['dice']:.4f}, "
-        f"l2 {losses['l2']:.4f}, kl {losses['kl']:.4f}) {report.seconds:.1f} s",
-        err=True,
-    )
 
 
 def _describe_init(init: dict[str, object]) -> str:
@@ -110,7 +99,23 @@ def train(
         ),
     ] = None,
     note: Annotated[str, typer.Option(help="Appended to the manifest's training_data.")] = "",
-    quiet: Annotated[bool, typer.Option("--quiet", help="No per-step lines.")] = False,
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            help=(
+                "A named recipe (pipeline/model/recipes.py: paper-vae, paper-novae, "
+                "unet-bce-dice, segresnet-bce-dice): it sets network, loss, crop, grid, "
+                "crop sampling and learning rate, in place of --filters/--vae/--crop/--lr/"
+                "--foreground-crops."
+            )
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Crops per step.")] = 1,
+    cache: Annotated[
+        Path | None,
+        typer.Option(help="Folder for compact brain-cropped copies of the cases (faster reruns)."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Train SegResNetVAE as in Myronenko 2018 and write a model folder with its manifest."""
@@ -123,6 +128,14 @@ def train(
             from node.commands.predict import resolve_model
 
             init_folder = resolve_model(init_weights)
+        from pipeline.model.recipes import get_recipe
+
+        chosen = None
+        if recipe is not None:
+            try:
+                chosen = get_recipe(recipe)
+            except KeyError as exc:
+                raise typer.BadParameter(str(exc.args[0]), param_hint="--recipe") from exc
         config = training.TrainConfig(
             out_dir=out,
             cases=tuple(case or ()),
@@ -143,8 +156,26 @@ def train(
             training_data_note=note,
             learning_rate=learning_rate,
             init_weights=init_folder,
+            batch_size=batch_size,
+            cache_dir=cache,
         )
-        result = training.train(config, progress=None if quiet else _print_step)
+        if chosen is not None:
+            config = dataclasses.replace(
+                config,
+                crop=chosen.crop,
+                network=chosen.architecture,
+                bce_weight=chosen.bce_weight,
+                spacing_mm=chosen.spacing_mm,
+                foreground_probability=chosen.foreground_probability,
+                learning_rate=chosen.learning_rate,
+                recipe=chosen.name,
+            )
+        bar = None if quiet else StepBar(None, f"train {recipe or ''}".strip())
+        try:
+            result = training.train(config, progress=bar)
+        finally:
+            if bar is not None:
+                bar.close()
     except SegnodeError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc

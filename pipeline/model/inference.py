@@ -26,7 +26,9 @@ from scipy import ndimage
 
 from pipeline.errors import InferenceError
 from pipeline.model.labels import ED, NCR, REGIONS, LabelConvention, regions_to_labels
+from pipeline.model.manifest import PostprocessingSpec
 from pipeline.model.network import segmentation_logits
+from pipeline.model.resolution import upsample
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +212,7 @@ def predict_regions(
     device: torch.device,
     amp_dtype: torch.dtype | None,
     sw_batch_size: int = 1,
+    spacing_factor: int = 1,
 ) -> np.ndarray:
     """Probabilities of WT, TC and ET for one normalised multi-channel volume.
 
@@ -230,6 +233,10 @@ def predict_regions(
         device: where to run.
         amp_dtype: bfloat16 or float16 autocast on CUDA; ignored on CPU, where it is slower.
         sw_batch_size: windows per forward pass.
+        spacing_factor: the model's grid spacing over the image's (2 for a 2 mm model on the
+            1 mm grid): the padded image is block-averaged by this factor before the network
+            and the probabilities are interpolated back (``pipeline.model.resolution``);
+            ``roi_size`` is then on the model's grid.
 
     Returns:
         float32 array (3, x, y, z) of probabilities in ``REGIONS`` order (WT, TC, ET).
@@ -246,10 +253,17 @@ def predict_regions(
     if not 0.0 <= overlap < 1.0:
         raise InferenceError(f"overlap must be in [0, 1), got {overlap}")
 
-    padding = padding_for(image.shape[1:])
+    if spacing_factor < 1:
+        raise InferenceError(f"spacing_factor must be >= 1, got {spacing_factor}")
+    padding = padding_for(image.shape[1:], PAD_MULTIPLE * spacing_factor)
     memory_format = torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
     batch = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(device)
-    batch = _pad(batch, padding).contiguous(memory_format=memory_format)
+    batch = _pad(batch, padding)
+    fine_shape = (int(batch.shape[2]), int(batch.shape[3]), int(batch.shape[4]))
+    if spacing_factor > 1:
+        # Equal to resolution.block_mean on this padded grid (every axis divides).
+        batch = functional.avg_pool3d(batch, spacing_factor)
+    batch = batch.contiguous(memory_format=memory_format)
     flips = FLIPS if tta else ((),)
 
     total = torch.zeros((1, len(REGIONS), *batch.shape[2:]), dtype=torch.float32, device=device)
@@ -273,7 +287,8 @@ def predict_regions(
                         f"the manifest names {len(REGIONS)}"
                     )
                 total += torch.flip(probabilities, axes) if axes else probabilities
-    mean = _crop(total / (len(networks) * len(flips)), padding)[0, order]
+    mean = total / (len(networks) * len(flips))
+    mean = _crop(upsample(mean, spacing_factor, fine_shape), padding)[0, order]
     result: np.ndarray = mean.cpu().numpy().astype(np.float32, copy=False)
     return result
 
@@ -300,6 +315,32 @@ class PostprocessRecord:
         record["convention"] = self.convention.value
         record["voxel_counts"] = dict(self.voxel_counts)
         return record
+
+
+def resolve_postprocessing(
+    tuned: PostprocessingSpec | None,
+    *,
+    threshold: float | None = None,
+    et_min_voxels: int | None = None,
+    min_component_voxels: int | None = None,
+) -> PostprocessingSpec:
+    """The post-processing to apply: a value given here (a site's ``[model]`` setting or a
+    command-line option; 0 turns a rule off) wins over the model's tuned value
+    (``manifest.postprocessing``, chosen on its CV folds), which wins over the defaults of
+    ``PostprocessingSpec``. The one place where these three meet."""
+    base = tuned or PostprocessingSpec()
+    overrides: dict[str, float | int] = {}
+    if threshold is not None:
+        overrides["threshold"] = threshold
+    if et_min_voxels is not None:
+        overrides["et_min_voxels"] = et_min_voxels
+    if min_component_voxels is not None:
+        overrides["min_component_voxels"] = min_component_voxels
+    if not overrides:
+        return base
+    return PostprocessingSpec.model_validate(
+        {**base.model_dump(), **overrides, "tuned_on": base.tuned_on + " (overridden)"}
+    )
 
 
 def _remove_small_components(labels: np.ndarray, min_voxels: int) -> tuple[int, int]:

@@ -51,7 +51,9 @@ class LossTerms:
     l2: torch.Tensor
     kl: torch.Tensor
     total: torch.Tensor
-    """dice + 0.1·l2 + 0.1·kl."""
+    """dice + 0.1·l2 + 0.1·kl (+ bce_weight·bce for the BCE + Dice recipes)."""
+    bce: torch.Tensor | None = None
+    """Mean binary cross-entropy of the region sigmoids; None when the recipe has no BCE term."""
 
     def as_floats(self) -> dict[str, float]:
         """Plain numbers for the training log."""
@@ -60,6 +62,7 @@ class LossTerms:
             "l2": float(self.l2.detach()),
             "kl": float(self.kl.detach()),
             "total": float(self.total.detach()),
+            **({"bce": float(self.bce.detach())} if self.bce is not None else {}),
         }
 
 
@@ -155,8 +158,14 @@ def total_loss(
     vae: VaeOutputs | None = None,
     l2_weight: float = L2_WEIGHT,
     kl_weight: float = KL_WEIGHT,
+    bce_weight: float = 0.0,
 ) -> LossTerms:
     """dice + 0.1·L2 + 0.1·KL (paper section 3.5); L2 and KL are 0 without a VAE branch.
+
+    With ``bce_weight`` > 0 the mean binary cross-entropy of the three region sigmoids is
+    added (the BCE + Dice loss of region-based BraTS training, nnU-Net's BraTS 2021 entry and
+    the 3D U-Net course recipe): Dice alone gives no gradient on crops without tumour and
+    drives probabilities to 0/1, which leaves nothing for a tuned threshold to work with.
 
     Args:
         logits: (B, 3, ...) segmentation logits (WT, TC, ET).
@@ -168,10 +177,17 @@ def total_loss(
     """
     dice = segmentation_dice_loss(logits, target_regions)
     zero = dice.new_zeros(())
+    bce = (
+        F.binary_cross_entropy_with_logits(logits.float(), target_regions.float())
+        if bce_weight > 0
+        else None
+    )
+    base = dice if bce is None else dice + bce_weight * bce
     if vae is None:
-        return LossTerms(dice=dice, l2=zero, kl=zero, total=dice)
+        return LossTerms(dice=dice, l2=zero, kl=zero, total=base, bce=bce)
     if image is None:
         raise ValueError("total_loss: the VAE terms need the network input image")
     l2 = reconstruction_l2(image, vae.reconstruction)
     kl = kl_divergence(vae.z_mean, vae.z_sigma)
-    return LossTerms(dice=dice, l2=l2, kl=kl, total=dice + l2_weight * l2 + kl_weight * kl)
+    total = base + l2_weight * l2 + kl_weight * kl
+    return LossTerms(dice=dice, l2=l2, kl=kl, total=total, bce=bce)

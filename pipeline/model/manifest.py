@@ -21,11 +21,13 @@ MANIFEST_FILE = "manifest.json"
 
 class ArchitectureSpec(BaseModel):
     """Hyperparameters of MONAI's SegResNet / SegResNetVAE (paper section 3: 32 filters,
-    blocks 1-2-2-4 down and 1-1-1 up, GroupNorm 8, dropout 0.2)."""
+    blocks 1-2-2-4 down and 1-1-1 up, GroupNorm 8, dropout 0.2), or of MONAI's residual
+    3D U-Net (the comparison recipe of ``pipeline.model.recipes``: ``unet_channels`` per level,
+    stride 2 between levels, ``unet_res_units`` residual units per block)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: Literal["SegResNetVAE", "SegResNet"] = "SegResNetVAE"
+    name: Literal["SegResNetVAE", "SegResNet", "UNet"] = "SegResNetVAE"
     init_filters: Annotated[int, Field(ge=1)] = 32
     blocks_down: tuple[int, ...] = (1, 2, 2, 4)
     blocks_up: tuple[int, ...] = (1, 1, 1)
@@ -35,6 +37,31 @@ class ArchitectureSpec(BaseModel):
     norm_groups: int = 8
     vae_input_shape: tuple[int, int, int] | None = (160, 192, 128)
     """SegResNetVAE's VAE branch is sized for the training crop."""
+    unet_channels: tuple[int, ...] = (16, 32, 64, 128)
+    unet_res_units: Annotated[int, Field(ge=0)] = 2
+    ensemble_members: Annotated[int, Field(ge=1)] = 1
+    """Networks of this architecture in the weights file (``network.MeanOfMembers``): the
+    cross-validation fold models shipped as one model."""
+
+
+DEFAULT_PREPROCESSING: dict[str, object] = {
+    "spacing_mm": 1.0,
+    "orientation": "LPS",
+    "normalisation": "z-score over non-zero (brain) voxels, per channel",
+    "skull_stripped": True,
+}
+
+
+class PostprocessingSpec(BaseModel):
+    """Parameters of ``inference.postprocess`` chosen on the validation folds, not on test data."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    et_min_voxels: Annotated[int, Field(ge=0)] = 500
+    min_component_voxels: Annotated[int, Field(ge=0)] = 50
+    tuned_on: str = ""
+    """Where the values were chosen (e.g. "5-fold CV validation folds, 22 cases")."""
 
 
 class ManifestMetrics(BaseModel):
@@ -55,12 +82,12 @@ class ModelManifest(BaseModel):
     output_channels: tuple[str, ...] = ("wt", "tc", "et")
     """Meaning of each output channel, in order (nested regions)."""
     output_activation: Literal["sigmoid"] = "sigmoid"
-    preprocessing: dict[str, object] = {
-        "spacing_mm": 1.0,
-        "orientation": "LPS",
-        "normalisation": "z-score over non-zero (brain) voxels, per channel",
-        "skull_stripped": True,
-    }
+    preprocessing: dict[str, object] = DEFAULT_PREPROCESSING
+    """``spacing_mm`` is the grid the network runs on: inference block-averages the 1 mm brain
+    box to it and interpolates the probabilities back (``pipeline.model.resolution``)."""
+    postprocessing: PostprocessingSpec | None = None
+    """Post-processing tuned on the model's cross-validation folds; None: the node's
+    configured defaults (``[model]`` in node.toml)."""
     weights_file: str = "model.pt"
     weights_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     weights_dtype: Literal["float32", "float16"] = "float32"
@@ -83,6 +110,14 @@ class ModelManifest(BaseModel):
         if sorted(channels) != ["et", "tc", "wt"]:
             raise ValueError(f"output_channels must be a permutation of wt, tc, et, got {channels}")
         return channels
+
+    def spacing_factor(self) -> int:
+        """How many 1 mm voxels one model voxel spans per axis (1, or 2 for a 2 mm model)."""
+        spacing = float(str(self.preprocessing.get("spacing_mm", 1.0)))
+        factor = round(spacing)
+        if factor < 1 or abs(spacing - factor) > 1e-6:
+            raise ValueError(f"model {self.id}: spacing_mm {spacing} is not a whole number of mm")
+        return factor
 
     @classmethod
     def read(cls, folder: Path) -> ModelManifest:

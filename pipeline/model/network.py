@@ -11,11 +11,42 @@ from typing import Any
 
 import torch
 from monai.networks.nets.segresnet import SegResNet, SegResNetVAE
+from monai.networks.nets.unet import UNet
 
 from pipeline.model.manifest import ArchitectureSpec
 
 
+class MeanOfMembers(torch.nn.Module):
+    """An ensemble stored as one network: its output is the logit of the members' mean
+    probability, so the sigmoid that inference applies gives the same average as
+    ``[model] ensemble`` would, from one weights file with one checksum."""
+
+    def __init__(self, members: list[torch.nn.Module]) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        probabilities = torch.stack(
+            [torch.sigmoid(segmentation_logits(member, batch).float()) for member in self.members]
+        ).mean(dim=0)
+        return torch.logit(probabilities, eps=1e-6)
+
+
 def build_network(spec: ArchitectureSpec) -> torch.nn.Module:
+    if spec.ensemble_members > 1:
+        single = spec.model_copy(update={"ensemble_members": 1})
+        return MeanOfMembers([build_network(single) for _ in range(spec.ensemble_members)])
+    if spec.name == "UNet":
+        return UNet(
+            spatial_dims=3,
+            in_channels=spec.in_channels,
+            out_channels=spec.out_channels,
+            channels=spec.unet_channels,
+            strides=(2,) * (len(spec.unet_channels) - 1),
+            num_res_units=spec.unet_res_units,
+            norm=("INSTANCE", {"affine": True}),
+            dropout=spec.dropout_prob,
+        )
     backbone: dict[str, Any] = {
         "spatial_dims": 3,
         "init_filters": spec.init_filters,

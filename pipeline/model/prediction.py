@@ -21,9 +21,16 @@ import torch
 
 from pipeline.errors import PipelineError
 from pipeline.model.brats_data import find_case, load_case
-from pipeline.model.inference import PostprocessRecord, choose_roi, postprocess, predict_regions
+from pipeline.model.inference import (
+    PostprocessRecord,
+    choose_roi,
+    postprocess,
+    predict_regions,
+    resolve_postprocessing,
+)
 from pipeline.model.labels import LabelConvention
 from pipeline.model.loading import load_model_folder
+from pipeline.model.resolution import coarse_shape
 
 _NIFTI = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
 BRAIN_BOX_MARGIN_VOXELS = 8
@@ -90,8 +97,9 @@ def predict_case(
     convention: LabelConvention = LabelConvention.BRATS_2021,
     tta: bool = True,
     roi_size: tuple[int, int, int] | None = None,
-    et_min_voxels: int | None = 500,
-    min_component_voxels: int | None = 50,
+    threshold: float | None = None,
+    et_min_voxels: int | None = None,
+    min_component_voxels: int | None = None,
 ) -> PredictionSummary:
     """Segment one case folder and write the label map to ``out`` (.nii or .nii.gz).
 
@@ -101,9 +109,11 @@ def predict_case(
         model_folder: ``manifest.json`` and the weights it names (checksum verified).
         convention: label values to write.
         tta: average over the 8 axis flips (8 forward passes).
-        roi_size: sliding-window size; None lets ``choose_roi`` decide.
-        et_min_voxels: smaller ET becomes NCR; None disables.
-        min_component_voxels: smaller tumour components are removed; None disables.
+        roi_size: sliding-window size on the model's grid; None lets ``choose_roi`` decide.
+        threshold: region probability threshold; None: the model's tuned value.
+        et_min_voxels: smaller ET becomes NCR; 0 disables; None: the model's tuned value.
+        min_component_voxels: smaller tumour components are removed; 0 disables; None: the
+            model's tuned value (``inference.resolve_postprocessing``).
 
     Raises:
         PipelineError: an unreadable or unregistered case; a bad model folder or a checksum
@@ -122,7 +132,8 @@ def predict_case(
         raise PipelineError(f"{case.path(roles[0])} is not a NIfTI image")
     box = brain_box(full_image)
     image = np.ascontiguousarray(full_image[(slice(None), *box)])
-    roi = roi_size if roi_size is not None else choose_roi(image.shape[1:])
+    factor = manifest.spacing_factor()
+    roi = roi_size if roi_size is not None else choose_roi(coarse_shape(image.shape[1:], factor))
     started = time.monotonic()
     cropped = predict_regions(
         [network],
@@ -132,14 +143,22 @@ def predict_case(
         roi_size=roi,
         device=device,
         amp_dtype=amp_dtype,
+        spacing_factor=factor,
     )
     inference_s = time.monotonic() - started
     probabilities = np.zeros((cropped.shape[0], *full_image.shape[1:]), dtype=np.float32)
     probabilities[(slice(None), *box)] = cropped
-    labels, record = postprocess(
-        probabilities,
+    chosen = resolve_postprocessing(
+        manifest.postprocessing,
+        threshold=threshold,
         et_min_voxels=et_min_voxels,
         min_component_voxels=min_component_voxels,
+    )
+    labels, record = postprocess(
+        probabilities,
+        threshold=chosen.threshold,
+        et_min_voxels=chosen.et_min_voxels or None,
+        min_component_voxels=chosen.min_component_voxels or None,
         convention=convention,
     )
     write_labels(labels, reference, out)

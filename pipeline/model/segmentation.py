@@ -15,9 +15,15 @@ import numpy as np
 import torch
 
 from pipeline.errors import InferenceError
-from pipeline.model.inference import choose_roi, postprocess, predict_regions
+from pipeline.model.inference import (
+    choose_roi,
+    postprocess,
+    predict_regions,
+    resolve_postprocessing,
+)
 from pipeline.model.labels import LabelConvention
 from pipeline.model.registry import LoadedModel, node_registry
+from pipeline.model.resolution import coarse_shape
 
 
 @dataclass(frozen=True)
@@ -30,8 +36,10 @@ class SegmentationRequest:
     data_dir: Path
     tta: bool = True
     device: str = "auto"
-    et_min_voxels: int | None = 500
-    min_component_voxels: int | None = 50
+    threshold: float | None = None
+    et_min_voxels: int | None = None
+    """None: the default model's tuned value (``inference.resolve_postprocessing``); 0: off."""
+    min_component_voxels: int | None = None
     convention: LabelConvention = LabelConvention.BRATS_2021
 
 
@@ -70,22 +78,31 @@ def segment(request: SegmentationRequest) -> SegmentationResult:
     probabilities = []
     for model in loaded:
         order = [request.roles.index(role) for role in model.manifest.input_channels]
+        factor = model.manifest.spacing_factor()
         probabilities.append(
             predict_regions(
                 [model.network],
                 np.ascontiguousarray(request.image[order]),
                 output_channels=model.manifest.output_channels,
                 tta=request.tta,
-                roi_size=choose_roi(request.image.shape[1:]),
+                roi_size=choose_roi(coarse_shape(request.image.shape[1:], factor)),
                 device=device,
                 amp_dtype=torch.bfloat16 if device.type == "cuda" else None,
+                spacing_factor=factor,
             )
         )
     mean = np.mean(probabilities, axis=0)
+    chosen = resolve_postprocessing(
+        loaded[0].manifest.postprocessing,
+        threshold=request.threshold,
+        et_min_voxels=request.et_min_voxels,
+        min_component_voxels=request.min_component_voxels,
+    )
     labels, record = postprocess(
         mean,
-        et_min_voxels=request.et_min_voxels or None,
-        min_component_voxels=request.min_component_voxels or None,
+        threshold=chosen.threshold,
+        et_min_voxels=chosen.et_min_voxels or None,
+        min_component_voxels=chosen.min_component_voxels or None,
         convention=request.convention,
     )
     return SegmentationResult(

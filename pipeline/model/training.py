@@ -35,13 +35,20 @@ import torch
 
 from pipeline.model.augmentation import PAPER_CROP, Shape3, random_augmentation
 from pipeline.model.brats_data import BratsCase, find_case, find_cases, load_case
+from pipeline.model.compact import cached_compact_case
 from pipeline.model.errors import ModelError
 from pipeline.model.export import VAE_PREFIX
 from pipeline.model.inference import choose_roi, predict_regions
 from pipeline.model.labels import REGIONS
 from pipeline.model.loading import load_verified_weights, read_manifest
 from pipeline.model.losses import forward_for_training, total_loss
-from pipeline.model.manifest import MANIFEST_FILE, ROLES, ArchitectureSpec, ModelManifest
+from pipeline.model.manifest import (
+    DEFAULT_PREPROCESSING,
+    MANIFEST_FILE,
+    ROLES,
+    ArchitectureSpec,
+    ModelManifest,
+)
 from pipeline.model.network import build_network
 from pipeline.model.prediction import brain_box
 
@@ -97,6 +104,23 @@ class TrainConfig:
     init_weights: Path | None = None
     """A model folder whose weights start the run (fine-tuning); ignored on resume, where the
     checkpoint's weights continue. See :func:`load_initial_weights`."""
+    network: ArchitectureSpec | None = None
+    """The whole architecture (a recipe's: ``pipeline.model.recipes``); None builds SegResNet
+    or SegResNetVAE from ``init_filters`` and ``vae``. A SegResNetVAE's VAE input shape is
+    always the crop."""
+    bce_weight: float = 0.0
+    """Weight of a BCE term added to the soft Dice (``losses.total_loss``); 0 is the paper."""
+    spacing_mm: float = 1.0
+    """Grid the network trains and predicts on; 2.0 trains on 2 mm block means of the 1 mm
+    cases (``pipeline.model.resolution``) and the manifest tells inference to do the same."""
+    batch_size: int = 1
+    """Crops per step. On CPU, batch 2 is ~2x faster per crop than batch 1: PyTorch sends a
+    batch-1 3D convolution with a small input to its slow native kernel instead of oneDNN
+    (``bench/train_step.py``)."""
+    cache_dir: Path | None = None
+    """Folder for compact brain-cropped cases (``pipeline.model.compact``); None reads NIfTI."""
+    recipe: str | None = None
+    """Name of the recipe the run follows, recorded in the manifest."""
 
     def __post_init__(self) -> None:
         if not self.cases and not self.data_roots:
@@ -105,11 +129,17 @@ class TrainConfig:
             raise TrainingError(f"val_every must be >= 1, got {self.val_every}")
         if self.epochs < 1:
             raise TrainingError(f"epochs must be >= 1, got {self.epochs}")
-        multiple = 16 if self.vae else 8
+        if self.batch_size < 1:
+            raise TrainingError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.bce_weight < 0:
+            raise TrainingError(f"bce_weight must be >= 0, got {self.bce_weight}")
+        if self.spacing_mm < 1 or self.spacing_mm != round(self.spacing_mm):
+            raise TrainingError(f"spacing_mm must be a whole number >= 1, got {self.spacing_mm}")
+        multiple = 16 if self.uses_vae else 8
         if any(n < multiple or n % multiple for n in self.crop):
             raise TrainingError(
                 f"crop {self.crop}: each side must be a multiple of {multiple} "
-                f"({'the VAE branch halves 4 times' if self.vae else 'the encoder halves 3 times'})"
+                f"({'the VAE branch halves 4 times' if self.uses_vae else 'the encoder halves 3 times'})"
             )
         if self.init_filters < 8 or self.init_filters % 8:
             raise TrainingError(
@@ -124,7 +154,19 @@ class TrainConfig:
         if sorted(self.channel_order) != sorted(ROLES):
             raise TrainingError(f"channel_order must be a permutation of {ROLES}")
 
+    @property
+    def uses_vae(self) -> bool:
+        return self.architecture().name == "SegResNetVAE"
+
+    @property
+    def spacing_factor(self) -> int:
+        return int(round(self.spacing_mm))
+
     def architecture(self) -> ArchitectureSpec:
+        if self.network is not None:
+            if self.network.name == "SegResNetVAE":
+                return self.network.model_copy(update={"vae_input_shape": self.crop})
+            return self.network
         return ArchitectureSpec(
             name="SegResNetVAE" if self.vae else "SegResNet",
             init_filters=self.init_filters,
@@ -306,6 +348,7 @@ def training_step(
     image: torch.Tensor,
     target: torch.Tensor,
     amp_dtype: torch.dtype | None = None,
+    bce_weight: float = 0.0,
 ) -> dict[str, float]:
     """One optimiser step on one batch; returns the loss terms before the step."""
     optimizer.zero_grad(set_to_none=True)
@@ -313,13 +356,24 @@ def training_step(
         image.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
     ):
         logits, vae = forward_for_training(network, image)
-    terms = total_loss(logits, target, image, vae)
+    terms = total_loss(logits, target, image, vae, bce_weight=bce_weight)
     if not torch.isfinite(terms.total):
         raise TrainingError(f"loss is not finite ({terms.as_floats()}); lower the learning rate")
     scaler.scale(terms.total).backward()
     scaler.step(optimizer)
     scaler.update()
     return terms.as_floats()
+
+
+def compact_loader(cache_dir: Path | None, factor: int) -> CaseLoader:
+    """Cases from the compact cache, on the model's grid: image block means and region
+    fractions (soft targets for the Dice and BCE terms) of the normalised brain box."""
+
+    def load(case: BratsCase, channel_order: Sequence[str]) -> LoadedCase:
+        compact = cached_compact_case(case, cache_dir, channel_order)
+        return compact.coarse(factor)
+
+    return load
 
 
 def _resolve_cases(config: TrainConfig) -> list[BratsCase]:
@@ -425,6 +479,9 @@ def _write_model_folder(
         "final_loss": {key: last[key] for key in ("dice", "l2", "kl", "total") if key in last},
         "crop": list(config.crop),
         "seed": config.seed,
+        "batch_size": config.batch_size,
+        "bce_weight": config.bce_weight,
+        "recipe": config.recipe,
     }
     if val_ids:
         metrics["validation"] = {
@@ -444,9 +501,11 @@ def _write_model_folder(
     manifest = ModelManifest(
         id=config.model_id
         or f"segresnet{'vae' if config.vae else ''}-{config.init_filters}f-trained",
-        name=f"{config.architecture().name} trained by segnode (Myronenko 2018 recipe)",
+        name=f"{config.architecture().name} trained by segnode "
+        f"({'recipe ' + config.recipe if config.recipe else 'Myronenko 2018 recipe'})",
         version=config.model_version,
         architecture=config.architecture(),
+        preprocessing={**DEFAULT_PREPROCESSING, "spacing_mm": config.spacing_mm},
         input_channels=config.channel_order,
         weights_sha256=digest,
         weights_dtype="float16" if config.fp16_weights else "float32",
@@ -460,14 +519,16 @@ def _write_model_folder(
 def train(
     config: TrainConfig,
     progress: Callable[[StepReport], None] | None = None,
-    loader: CaseLoader = load_case,
+    loader: CaseLoader | None = None,
 ) -> TrainResult:
     """Train (or resume) as configured and write the model folder under ``config.out_dir``.
 
     Args:
         config: the run.
         progress: called after every step (the CLI prints a line).
-        loader: reads and normalises a case; tests pass a memoised one.
+        loader: reads and normalises a case; tests pass a memoised one. None: the compact
+            cache on the run's grid when ``cache_dir`` is set or the spacing is not 1 mm,
+            else ``brats_data.load_case``.
 
     Raises:
         TrainingError: the output folder holds a run and ``resume`` is off, the checkpoint
@@ -480,6 +541,9 @@ def train(
             f"{config.out_dir} already holds a training run; resume it or pick another --out"
         )
     cases = _resolve_cases(config)
+    if loader is None:
+        use_compact = config.cache_dir is not None or config.spacing_factor != 1
+        loader = compact_loader(config.cache_dir, config.spacing_factor) if use_compact else load_case
     cache: dict[Path, LoadedCase] | None = {} if config.cache_cases else None
     store = _CaseStore(cases, config.channel_order, cache, loader)
     val_cases = [find_case(folder) for folder in config.val_cases]
@@ -581,27 +645,39 @@ class _Run:
         lr = poly_lr(config.learning_rate, epoch, config.epochs)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        order = [int(i) for i in self.rng.permutation(len(store.cases))]
-        order = order[: config.max_steps_per_epoch]
+        permutation = [int(i) for i in self.rng.permutation(len(store.cases))]
+        size = config.batch_size
+        batches = [permutation[i : i + size] for i in range(0, len(permutation), size)]
+        if len(batches) > 1 and len(batches[-1]) < size:
+            # A short last batch would take the slow batch-1 kernels; fill it from the front.
+            batches[-1] = (batches[-1] + permutation)[:size]
+        order = batches[: config.max_steps_per_epoch]
         started = time.monotonic()
         sums: dict[str, float] = {}
         self.network.train()
-        for step, index in enumerate(order):
+        for step, indices in enumerate(order):
             step_started = time.monotonic()
-            case_id = store.cases[index].case_id
-            image, regions = store.get(index)
-            crop, crop_regions, _ = random_augmentation(
-                image, regions, self.rng, config.crop, config.foreground_probability
-            )
-            if crop_regions is None:
-                raise TrainingError(f"training case {case_id} has no label map")
+            case_id = "+".join(store.cases[index].case_id for index in indices)
+            crops, crop_targets = [], []
+            for index in indices:
+                image, regions = store.get(index)
+                crop, crop_regions, _ = random_augmentation(
+                    image, regions, self.rng, config.crop, config.foreground_probability
+                )
+                if crop_regions is None:
+                    raise TrainingError(
+                        f"training case {store.cases[index].case_id} has no label map"
+                    )
+                crops.append(crop)
+                crop_targets.append(crop_regions.astype(np.float32))
             losses = training_step(
                 self.network,
                 self.optimizer,
                 self.scaler,
-                torch.from_numpy(crop[None]).to(self.device, memory_format=self.memory_format),
-                torch.from_numpy(crop_regions[None].astype(np.float32)).to(self.device),
+                torch.from_numpy(np.stack(crops)).to(self.device, memory_format=self.memory_format),
+                torch.from_numpy(np.stack(crop_targets)).to(self.device),
                 self.amp_dtype,
+                config.bce_weight,
             )
             for key, value in losses.items():
                 sums[key] = sums.get(key, 0.0) + value
@@ -628,9 +704,11 @@ class _Run:
             image, regions = store.get(index)
             if regions is None:
                 raise TrainingError(f"validation case {case.case_id} has no label map")
+            # On a coarse grid the targets are fractions: a voxel belongs to a region when most
+            # of its block does (an approximation of the 1 mm score the CV reports).
             predicted = validation_regions(self.network, image, self.device, self.amp_dtype)
             for channel, region in enumerate(REGIONS):
-                value = dice_score(predicted[channel], regions[channel])
+                value = dice_score(predicted[channel], regions[channel] >= 0.5)
                 scores[region].append(value)
                 by_case.setdefault(case.case_id, {})[region] = value
         result: dict[str, Any] = {

@@ -89,6 +89,8 @@ def test_a_real_one_step_run(tmp_path: Path) -> None:
     args += ["--filters", "8", "--max-steps", "1", "--device", "cpu", "--out", str(tmp_path)]
     result = CliRunner().invoke(cli(), args)
     assert result.exit_code == 0, result.output
-    assert "epoch 1/1 step 1/1 [TCGA-FG-6692_sri24_skullstripped] loss" in result.output
+    # The tqdm progress bar: steps done of the total, with the loss and the epoch.
+    assert "train: 100%" in result.output and "1/1 [" in result.output
+    assert "loss=" in result.output and "epoch=1/1" in result.output
     assert f"model folder: {tmp_path / 'model'} (1 epochs)" in result.output
     assert ModelManifest.read(tmp_path / "model").architecture.vae_input_shape == (32, 32, 32)
