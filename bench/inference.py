@@ -8,6 +8,8 @@ Each configuration runs in a fresh child process so peak RSS is its own. Random 
 speed and memory do not depend on the values.
 
 Run: .venv/bin/python bench/inference.py [--threads 2] [--device cpu|cuda] [--no-tta-full]
+     .venv/bin/python bench/inference.py --model segnode-brats22-v1   (a shipped or imported
+     model as the node runs it: its grid, its ensemble members, predict_regions, TTA on/off)
 """
 
 from __future__ import annotations
@@ -64,17 +66,54 @@ def _run(filters: int, shape: tuple[int, int, int], tta: bool, threads: int, dev
     queue.put((seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, peak))
 
 
+def _run_model(model_id: str, tta: bool, threads: int, device_name: str, queue: Any) -> None:
+    import numpy as np
+    import torch
+
+    from pipeline.model.inference import choose_roi, predict_regions
+    from pipeline.model.registry import node_registry
+    from pipeline.model.resolution import coarse_shape
+
+    torch.set_num_threads(threads)
+    device = torch.device(device_name)
+    with __import__("tempfile").TemporaryDirectory() as data_dir:
+        loaded = node_registry(Path(data_dir)).load(model_id, device)
+    factor = loaded.manifest.spacing_factor()
+    shape = SHAPES["cropped 160x192x128"]
+    image = np.random.default_rng(0).normal(size=(4, *shape)).astype(np.float32)
+    started = time.perf_counter()
+    predict_regions(
+        [loaded.network], image, output_channels=loaded.manifest.output_channels, tta=tta,
+        roi_size=choose_roi(coarse_shape(shape, factor)), device=device,
+        amp_dtype=torch.bfloat16 if device.type == "cuda" else None, spacing_factor=factor,
+    )
+    seconds = time.perf_counter() - started
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0
+    queue.put((seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, peak))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-tta-full", action="store_true", help="skip TTA on full-size volumes (slow on CPU)")
+    parser.add_argument("--model", help="time this registry model (built-in or imported) instead")
     args = parser.parse_args()
     print(f"# segnode inference benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, {args.threads} threads, device {args.device}, "
           f"Python {platform.python_version()}\n")
     print(f"{'filters':>7}  {'input':<22}{'TTA':<5}{'seconds':>9}{'peak RSS MB':>13}{'peak GPU MB':>13}")
     context = multiprocessing.get_context("spawn")
+    if args.model:
+        for tta in (False, True):
+            queue = context.Queue()
+            process = context.Process(target=_run_model, args=(args.model, tta, args.threads, args.device, queue))
+            process.start()
+            seconds, rss, gpu = queue.get()
+            process.join()
+            label = "cropped 160x192x128"
+            print(f"{args.model:>7}  {label:<22}{'yes' if tta else 'no':<5}{seconds:>9.1f}{rss:>13.0f}{gpu:>13.0f}", flush=True)
+        return
     for filters in (16, 32):
         for label, shape in SHAPES.items():
             for tta in (False, True):

@@ -22,17 +22,22 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--recipe", action="append", help="recipe name (default: all)")
+    parser.add_argument("--batch", type=int, default=2, help="crops per step (segnode cv: 2)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     names = args.recipe or list(RECIPES)
-    print(f"torch {torch.__version__}, {args.threads} threads, {args.steps} timed steps")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, "
+        f"{args.steps} timed steps"
+    )
     print(f"{'recipe':<24} {'crop':<14} {'params':>8} {'s/step':>8}")
     for name in names:
         recipe = RECIPES[name]
         network = build_recipe_network(recipe).to(memory_format=torch.channels_last_3d)
         optimiser = torch.optim.Adam(network.parameters(), lr=1e-4)
-        image = torch.randn(1, 4, *recipe.crop).contiguous(memory_format=torch.channels_last_3d)
-        target = (torch.rand(1, 3, *recipe.crop) > 0.9).float()
+        shape = (args.batch, 4, *recipe.crop)
+        image = torch.randn(shape).contiguous(memory_format=torch.channels_last_3d)
+        target = (torch.rand(args.batch, 3, *recipe.crop) > 0.9).float()
         network.train()
         times = []
         for step in range(args.steps + 1):

@@ -330,6 +330,8 @@ class ModelSettings(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threshold: Annotated[float, Field(gt=0, lt=1)] | None = None
     """Region probability threshold; None: the model's value tuned on its CV folds."""
+    et_threshold: Annotated[float, Field(gt=0, lt=1)] | None = None
+    """Threshold of the enhancing-tumour output (the ET/necrosis boundary); None: the model's."""
     et_min_voxels: Annotated[int, Field(ge=0)] | None = None
     """Enhancing tumour smaller than this is relabelled necrosis (0 = off; None: the model's
     tuned value)."""

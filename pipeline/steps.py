@@ -128,6 +128,7 @@ def infer_labels(workspace: Workspace, settings: StepSettings) -> dict[str, Any]
             tta=model.tta,
             device=model.device,
             threshold=model.threshold,
+            et_threshold=model.et_threshold,
             et_min_voxels=model.et_min_voxels,
             min_component_voxels=model.min_component_voxels,
         )

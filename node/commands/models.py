@@ -94,6 +94,24 @@ def import_model(
     typer.echo(f"imported {_summary(manifest)}")
 
 
+@models_app.command("pack")
+def pack_model(
+    cv_dir: Annotated[Path, typer.Argument(help="A finished `segnode cv` run folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Model folder to write.")],
+    model_id: Annotated[str, typer.Option("--id", help="Id of the new model.")],
+    version: Annotated[str, typer.Option(help="Version of the new model.")] = "1.0.0",
+    note: Annotated[str, typer.Option(help="Appended to training_data.")] = "",
+) -> None:
+    """Ship a cross-validation run's fold models as one ensemble model folder (float16)."""
+    from pipeline.model.ensemble import pack_cv_run
+
+    try:
+        manifest = pack_cv_run(cv_dir, out, model_id=model_id, version=version, training_note=note)
+    except ModelError as exc:
+        raise _fail(exc) from exc
+    typer.echo(_summary(manifest))
+
+
 @models_app.command("list")
 def list_models(
     config: ConfigOption = None, data_dir: DataDirOption = None, as_json: JsonOption = False

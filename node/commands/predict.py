@@ -88,6 +88,10 @@ def predict(
         float | None,
         typer.Option(help="Region probability threshold (default: the model's tuned value)."),
     ] = None,
+    et_threshold: Annotated[
+        float | None,
+        typer.Option(help="Enhancing-tumour threshold (default: the model's tuned value)."),
+    ] = None,
     et_min_voxels: Annotated[
         int | None,
         typer.Option(help="A smaller ET becomes NCR (0: never; default: the model's value)."),
@@ -112,6 +116,7 @@ def predict(
             tta=tta,
             roi_size=roi,
             threshold=threshold,
+            et_threshold=et_threshold,
             et_min_voxels=et_min_voxels,
             min_component_voxels=min_component_voxels,
         )

@@ -195,21 +195,21 @@ def _sweep(predictions: Sequence[_Prediction]) -> list[dict[str, Any]]:
     """Mean Dice per region for every post-processing setting, best (sum of means) first.
 
     Computes what ``inference.postprocess`` would give for each setting without running it
-    175 times per case: per threshold the whole-tumour components are labelled once, each
-    component-size floor is a mask of them, and the small-ET rule only empties ET (its voxels
-    stay in TC as necrosis). ``run_cross_validation`` then scores the winner with
-    ``postprocess`` itself.
+    ~1,200 times per case: per WT/TC threshold the whole-tumour components are labelled once,
+    each component-size floor is a mask of them, the ET threshold only re-cuts ET inside TC,
+    and the small-ET rule only empties ET (its voxels stay in TC as necrosis).
+    ``run_cross_validation`` then scores the winner with ``postprocess`` itself.
     """
     structure = np.ones((3, 3, 3), dtype=bool)
-    # sums[(threshold, min_component, et_min)][region] = list of Dice per case
-    sums: dict[tuple[float, int, int], dict[str, list[float]]] = {}
+    # (threshold, et_threshold, min_component, et_min) -> region -> Dice per case
+    sums: dict[tuple[float, float, int, int], dict[str, list[float]]] = {}
     for item in predictions:
         want = labels_to_regions(item.labels)
         probabilities = item.probabilities.astype(np.float32)
+        et_cuts = {cut: probabilities[2] >= cut for cut in THRESHOLDS}
         for threshold in THRESHOLDS:
             wt = probabilities[0] >= threshold
             tc = (probabilities[1] >= threshold) & wt
-            et = (probabilities[2] >= threshold) & tc
             components, count = ndimage.label(wt, structure=structure)
             sizes = np.bincount(components.ravel())
             for min_component in MIN_COMPONENT_VOXELS:
@@ -217,28 +217,30 @@ def _sweep(predictions: Sequence[_Prediction]) -> list[dict[str, Any]]:
                     small = sizes < min_component
                     small[0] = False
                     keep = ~small[components]
-                    wt_m, tc_m, et_m = wt & keep, tc & keep, et & keep
+                    wt_m, tc_m = wt & keep, tc & keep
                 else:
-                    wt_m, tc_m, et_m = wt, tc, et
+                    wt_m, tc_m = wt, tc
                 dice_wt = dice_score(wt_m, want[0])
                 dice_tc = dice_score(tc_m, want[1])
-                et_voxels = int(et_m.sum())
-                dice_et = dice_score(et_m, want[2])
-                dice_et_relabelled = dice_score(np.zeros_like(et_m), want[2])
-                for et_min in ET_MIN_VOXELS:
-                    relabel = bool(et_min) and 0 < et_voxels < et_min
-                    row = sums.setdefault(
-                        (threshold, min_component, et_min), {region: [] for region in REGIONS}
-                    )
-                    row["wt"].append(dice_wt)
-                    row["tc"].append(dice_tc)
-                    row["et"].append(dice_et_relabelled if relabel else dice_et)
+                dice_no_et = dice_score(np.zeros_like(wt_m), want[2])
+                for et_threshold, et_cut in et_cuts.items():
+                    et_m = et_cut & tc_m
+                    et_voxels = int(et_m.sum())
+                    dice_et = dice_score(et_m, want[2])
+                    for et_min in ET_MIN_VOXELS:
+                        relabel = bool(et_min) and 0 < et_voxels < et_min
+                        key = (threshold, et_threshold, min_component, et_min)
+                        row = sums.setdefault(key, {region: [] for region in REGIONS})
+                        row["wt"].append(dice_wt)
+                        row["tc"].append(dice_tc)
+                        row["et"].append(dice_no_et if relabel else dice_et)
     results: list[dict[str, Any]] = []
-    for (threshold, min_component, et_min), scores in sums.items():
+    for (threshold, et_threshold, min_component, et_min), scores in sums.items():
         means = {region: float(np.mean(values)) for region, values in scores.items()}
         results.append(
             {
                 "threshold": threshold,
+                "et_threshold": et_threshold,
                 "et_min_voxels": et_min,
                 "min_component_voxels": min_component,
                 "dice": means,
@@ -284,13 +286,15 @@ def run_cross_validation(
     report.sweep = _sweep(predictions)
     best = report.sweep[0]
     report.postprocessing = {
-        key: best[key] for key in ("threshold", "et_min_voxels", "min_component_voxels")
+        key: best[key]
+        for key in ("threshold", "et_threshold", "et_min_voxels", "min_component_voxels")
     }
     confusion = np.zeros((4, 4), dtype=np.int64)
     for item in predictions:
         labels, _ = postprocess(
             item.probabilities.astype(np.float32),
             threshold=best["threshold"],
+            et_threshold=best["et_threshold"],
             et_min_voxels=best["et_min_voxels"] or None,
             min_component_voxels=best["min_component_voxels"] or None,
             convention=LabelConvention.BRATS_2021,

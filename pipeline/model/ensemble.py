@@ -13,6 +13,7 @@ VAE branches (training-only) are dropped; weights are float16.
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -96,3 +97,52 @@ def pack_ensemble(
     )
     manifest.write(out_dir)
     return manifest
+
+
+def pack_cv_run(
+    cv_dir: Path, out_dir: Path, *, model_id: str, version: str, training_note: str = ""
+) -> ModelManifest:
+    """The fold models of a ``segnode cv`` run as one model, with the run's tuned
+    post-processing and cross-validated figures in the manifest.
+
+    Raises:
+        InvalidManifestError: the run has no report or a fold model is missing.
+    """
+    report_path = cv_dir / "cv_report.json"
+    if not report_path.is_file():
+        raise InvalidManifestError(f"{cv_dir} has no cv_report.json: run segnode cv to the end")
+    report = json.loads(report_path.read_text())
+    folds = sorted(report["folds"], key=int)
+    members = [cv_dir / f"fold{fold}" / "model" for fold in folds]
+    missing = [str(folder) for folder in members if not (folder / "manifest.json").is_file()]
+    if missing:
+        raise InvalidManifestError(f"fold models missing: {missing}")
+    cases = sorted(case for fold in folds for case in report["folds"][fold])
+    tuned = PostprocessingSpec(
+        **report["postprocessing"],
+        tuned_on=f"{len(folds)}-fold cross-validation, validation folds ({len(cases)} cases)",
+    )
+    training = (
+        f"Ensemble of {len(members)} fold models of recipe {report['recipe']} "
+        f"({report['steps']} steps each); each member trained on all cases but its fold. "
+        f"Cases: {', '.join(cases)}. {training_note}".strip()
+    )
+    return pack_ensemble(
+        members,
+        out_dir,
+        model_id=model_id,
+        name=f"segnode BraTS ensemble ({report['recipe']}, {len(members)} folds)",
+        version=version,
+        postprocessing=tuned,
+        training_data=training,
+        metrics={
+            "cross_validation": {
+                "recipe": report["recipe"],
+                "steps_per_fold": report["steps"],
+                "summary": report["summary"],
+                "confusion": report["confusion"],
+                "folds": report["folds"],
+                "note": "each fold scored by the member that did not see it",
+            }
+        },
+    )

@@ -298,6 +298,7 @@ class PostprocessRecord:
     """What ``postprocess`` did, for the job's provenance record."""
 
     threshold: float
+    et_threshold: float
     et_min_voxels: int | None
     min_component_voxels: int | None
     convention: LabelConvention
@@ -321,6 +322,7 @@ def resolve_postprocessing(
     tuned: PostprocessingSpec | None,
     *,
     threshold: float | None = None,
+    et_threshold: float | None = None,
     et_min_voxels: int | None = None,
     min_component_voxels: int | None = None,
 ) -> PostprocessingSpec:
@@ -332,6 +334,8 @@ def resolve_postprocessing(
     overrides: dict[str, float | int] = {}
     if threshold is not None:
         overrides["threshold"] = threshold
+    if et_threshold is not None:
+        overrides["et_threshold"] = et_threshold
     if et_min_voxels is not None:
         overrides["et_min_voxels"] = et_min_voxels
     if min_component_voxels is not None:
@@ -364,6 +368,7 @@ def postprocess(
     regions_probability: np.ndarray,
     *,
     threshold: float = 0.5,
+    et_threshold: float | None = None,
     et_min_voxels: int | None = 500,
     min_component_voxels: int | None = 50,
     convention: LabelConvention = LabelConvention.BRATS_2021,
@@ -380,7 +385,11 @@ def postprocess(
 
     Args:
         regions_probability: (3, x, y, z) probabilities in ``REGIONS`` order.
-        threshold: probability at which a voxel belongs to a region.
+        threshold: probability at which a voxel belongs to WT and TC (and ET, unless
+            ``et_threshold`` says otherwise).
+        et_threshold: probability at which a TC voxel is enhancing; None: ``threshold``. A
+            separate value is how the ET/necrosis boundary is tuned on the CV folds (a model
+            that paints the core enhancing needs a higher one).
         et_min_voxels: smallest ET kept as ET; None disables the rule.
         min_component_voxels: smallest whole-tumour component kept; None disables removal.
         convention: label values to write (ET = 4 for 2021, 3 for 2023).
@@ -392,16 +401,20 @@ def postprocess(
         raise InferenceError(
             f"region probabilities must be (3, x, y, z), got shape {regions_probability.shape}"
         )
-    if not 0.0 < threshold < 1.0:
-        raise InferenceError(f"threshold must be in (0, 1), got {threshold}")
-    for name, value in (
+    et_threshold = threshold if et_threshold is None else et_threshold
+    for name, cut in (("threshold", threshold), ("et_threshold", et_threshold)):
+        if not 0.0 < cut < 1.0:
+            raise InferenceError(f"{name} must be in (0, 1), got {cut}")
+    for name, floor in (
         ("et_min_voxels", et_min_voxels),
         ("min_component_voxels", min_component_voxels),
     ):
-        if value is not None and value < 0:
-            raise InferenceError(f"{name} must be >= 0 or None, got {value}")
+        if floor is not None and floor < 0:
+            raise InferenceError(f"{name} must be >= 0 or None, got {floor}")
 
-    labels = regions_to_labels(regions_probability >= threshold, convention)
+    regions = regions_probability >= threshold
+    regions[2] = regions_probability[2] >= et_threshold
+    labels = regions_to_labels(regions, convention)
     components_removed = voxels_removed = 0
     if min_component_voxels:
         components_removed, voxels_removed = _remove_small_components(labels, min_component_voxels)
@@ -419,6 +432,7 @@ def postprocess(
     }
     record = PostprocessRecord(
         threshold=threshold,
+        et_threshold=et_threshold,
         et_min_voxels=et_min_voxels,
         min_component_voxels=min_component_voxels,
         convention=convention,

@@ -58,6 +58,8 @@ class PostprocessingSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    et_threshold: Annotated[float, Field(gt=0, lt=1)] | None = None
+    """Threshold of the enhancing-tumour output; None: ``threshold``."""
     et_min_voxels: Annotated[int, Field(ge=0)] = 500
     min_component_voxels: Annotated[int, Field(ge=0)] = 50
     tuned_on: str = ""

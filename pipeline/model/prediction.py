@@ -98,6 +98,7 @@ def predict_case(
     tta: bool = True,
     roi_size: tuple[int, int, int] | None = None,
     threshold: float | None = None,
+    et_threshold: float | None = None,
     et_min_voxels: int | None = None,
     min_component_voxels: int | None = None,
 ) -> PredictionSummary:
@@ -111,6 +112,7 @@ def predict_case(
         tta: average over the 8 axis flips (8 forward passes).
         roi_size: sliding-window size on the model's grid; None lets ``choose_roi`` decide.
         threshold: region probability threshold; None: the model's tuned value.
+        et_threshold: the enhancing-tumour output's threshold; None: the model's tuned value.
         et_min_voxels: smaller ET becomes NCR; 0 disables; None: the model's tuned value.
         min_component_voxels: smaller tumour components are removed; 0 disables; None: the
             model's tuned value (``inference.resolve_postprocessing``).
@@ -151,12 +153,14 @@ def predict_case(
     chosen = resolve_postprocessing(
         manifest.postprocessing,
         threshold=threshold,
+        et_threshold=et_threshold,
         et_min_voxels=et_min_voxels,
         min_component_voxels=min_component_voxels,
     )
     labels, record = postprocess(
         probabilities,
         threshold=chosen.threshold,
+        et_threshold=chosen.et_threshold,
         et_min_voxels=chosen.et_min_voxels or None,
         min_component_voxels=chosen.min_component_voxels or None,
         convention=convention,

@@ -93,11 +93,24 @@ RECIPES: dict[str, Recipe] = {
             foreground_probability=0.5,
             learning_rate=1e-3,
         ),
+        Recipe(
+            name="segresnet-fg48",
+            description=(
+                "segresnet-bce-dice on 48x48x48 crops (9.6 cm at 2 mm), two thirds centred on "
+                "tumour: a third of the voxels per step, so three times the steps in the same "
+                "time; inference still sees the whole brain box"
+            ),
+            architecture=_segresnet("SegResNet", 8),
+            crop=(48, 48, 48),
+            bce_weight=1.0,
+            foreground_probability=0.67,
+            learning_rate=1e-3,
+        ),
     )
 }
 """Every recipe the CV compares; ``DEFAULT_RECIPE`` trains the shipped model."""
 
-DEFAULT_RECIPE = "segresnet-bce-dice"
+DEFAULT_RECIPE = "segresnet-fg48"
 
 
 def get_recipe(name: str) -> Recipe:

@@ -37,6 +37,7 @@ class SegmentationRequest:
     tta: bool = True
     device: str = "auto"
     threshold: float | None = None
+    et_threshold: float | None = None
     et_min_voxels: int | None = None
     """None: the default model's tuned value (``inference.resolve_postprocessing``); 0: off."""
     min_component_voxels: int | None = None
@@ -95,12 +96,14 @@ def segment(request: SegmentationRequest) -> SegmentationResult:
     chosen = resolve_postprocessing(
         loaded[0].manifest.postprocessing,
         threshold=request.threshold,
+        et_threshold=request.et_threshold,
         et_min_voxels=request.et_min_voxels,
         min_component_voxels=request.min_component_voxels,
     )
     labels, record = postprocess(
         mean,
         threshold=chosen.threshold,
+        et_threshold=chosen.et_threshold,
         et_min_voxels=chosen.et_min_voxels or None,
         min_component_voxels=chosen.min_component_voxels or None,
         convention=request.convention,

@@ -81,10 +81,8 @@ class _FirstChannels(torch.nn.Module):
         return batch[:, :3]
 
 
-def test_a_2mm_model_sees_block_means_and_answers_on_the_1mm_grid() -> None:
-    rng = np.random.default_rng(0)
-    image = rng.normal(size=(4, 37, 30, 21)).astype(np.float32)
-    probabilities = predict_regions(
+def _on_2mm_grid(image: np.ndarray) -> np.ndarray:
+    return predict_regions(
         [_FirstChannels()],
         image,
         output_channels=("wt", "tc", "et"),
@@ -94,20 +92,16 @@ def test_a_2mm_model_sees_block_means_and_answers_on_the_1mm_grid() -> None:
         amp_dtype=None,
         spacing_factor=2,
     )
-    assert probabilities.shape == (3, 37, 30, 21)
+
+
+def test_a_2mm_model_sees_block_means_and_answers_on_the_1mm_grid() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(4, 37, 30, 21)).astype(np.float32)
+    assert _on_2mm_grid(image).shape == (3, 37, 30, 21)
     # A block-constant image comes back exactly (interpolation of a constant is the constant).
     flat = np.ones((4, 32, 32, 16), dtype=np.float32)
     flat[:, :16] = -1.0
-    result = predict_regions(
-        [_FirstChannels()],
-        flat,
-        output_channels=("wt", "tc", "et"),
-        tta=False,
-        roi_size=None,
-        device=torch.device("cpu"),
-        amp_dtype=None,
-        spacing_factor=2,
-    )
+    result = _on_2mm_grid(flat)
     sigmoid = 1 / (1 + np.exp(-1.0))
     assert result[0, 20:, :, :] == pytest.approx(sigmoid, abs=1e-5)
     assert result[0, :12, :, :] == pytest.approx(1 - sigmoid, abs=1e-5)
@@ -237,7 +231,9 @@ def test_cross_validation_reports_every_held_out_case_once(tmp_path: Path) -> No
     report = run_cross_validation(config)
     assert sorted(report.by_case) == sorted(case for fold in folds for case in fold)
     assert {k: sorted(v) for k, v in report.folds.items()} == {"0": sorted(folds[0]), "1": list(folds[1])}
-    assert set(report.postprocessing) == {"threshold", "et_min_voxels", "min_component_voxels"}
+    assert set(report.postprocessing) == {
+        "threshold", "et_threshold", "et_min_voxels", "min_component_voxels"
+    }
     # The sweep's best setting, re-scored with postprocess itself, gives the same WT Dice.
     best_wt = report.sweep[0]["dice"]["wt"]
     assert np.mean([s["wt"]["dice"] for s in report.by_case.values()]) == pytest.approx(best_wt)
