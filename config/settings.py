@@ -321,7 +321,7 @@ class PreprocessingSettings(_Section):
 class ModelSettings(_Section):
     """Which segmentation model the node runs, and how."""
 
-    default: str = "segnode-reference-v1"
+    default: str = "segnode-brats22-v1"
     """Model id: an imported model under <data_dir>/models or a built-in one."""
     ensemble: list[str] = []
     """Further model ids whose outputs are averaged with the default's."""

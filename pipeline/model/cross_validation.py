@@ -31,15 +31,19 @@ from pipeline.model.folds import FOLDS, split
 from pipeline.model.inference import choose_roi, postprocess, predict_regions
 from pipeline.model.labels import REGIONS, LabelConvention, labels_to_regions
 from pipeline.model.loading import load_model_folder
+from pipeline.model.manifest import ModelManifest
 from pipeline.model.recipes import Recipe
 from pipeline.model.resolution import coarse_shape
 from pipeline.model.training import MODEL_DIR_NAME, StepReport, TrainConfig, dice_score, train
 
 log = logging.getLogger(__name__)
 
-THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
+THRESHOLDS = (0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
 ET_MIN_VOXELS = (0, 100, 250, 500, 1000)
-MIN_COMPONENT_VOXELS = (0, 50, 200, 1000, 3000)
+MIN_COMPONENT_VOXELS = (0, 200, 1000, 3000, 10000)
+PROBABILITIES_DIR = "probabilities"
+"""Per fold folder: each held-out case's probabilities (float16 npz), so that a changed sweep
+re-scores a run without predicting again."""
 LABEL_NAMES = ("background", "NCR", "ED", "ET")
 """Rows (expert) and columns (predicted) of the confusion matrix, 2021 label values 0, 1, 2, 4."""
 _LABEL_VALUES = (0, 1, 2, 4)
@@ -279,10 +283,19 @@ def run_cross_validation(
             compact = cached_compact_case(cases[case_id], config.cache_dir)
             if compact.labels is None:
                 raise ValueError(f"validation case {case_id} has no labels")
-            probabilities = predict_compact(model_dir, compact, tta=config.tta)
-            predictions.append(
-                _Prediction(case_id, fold, probabilities.astype(np.float16), compact.labels)
-            )
+            # Keyed by the weights' checksum: a retrained fold never reuses old predictions.
+            sha = ModelManifest.read(model_dir).weights_sha256[:16]
+            name = f"{case_id}-{sha}-tta{int(config.tta)}.npz"
+            saved = model_dir.parent / PROBABILITIES_DIR / name
+            if saved.is_file():
+                with np.load(saved) as data:
+                    probabilities = data["probabilities"]
+            else:
+                probabilities = predict_compact(model_dir, compact, tta=config.tta)
+                probabilities = probabilities.astype(np.float16)
+                saved.parent.mkdir(parents=True, exist_ok=True)
+                np.savez_compressed(saved, probabilities=probabilities)
+            predictions.append(_Prediction(case_id, fold, probabilities, compact.labels))
     report.sweep = _sweep(predictions)
     best = report.sweep[0]
     report.postprocessing = {

@@ -88,7 +88,7 @@ def test_cancel_during_a_step_stops_the_job_and_retry_resumes_it_to_done(
     job = job_when(node, lambda j: j.state == "done", "the resumed job to finish")
     kinds = event_kinds(node, job.id)
     assert kinds.count("preprocessing") == 1 and kinds.count("converting") == 1  # not redone
-    assert kinds[-1] == "done" and job.model_id == "segnode-reference-v1"
+    assert kinds[-1] == "done" and job.model_id == "segnode-brats22-v1"
     folder = Path(node.store.data_dir) / "jobs" / str(job.id)
     outputs = sorted(p.name.split("-")[0] for p in (folder / "outputs").iterdir())
     assert outputs == ["seg", "sr"]

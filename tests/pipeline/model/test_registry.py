@@ -365,8 +365,8 @@ def test_cli_import_list_show_verify(bundle: Path, tmp_path: Path) -> None:
     listed = runner.invoke(app, ["models", "list", "--json", *data_dir])
     assert listed.exit_code == 0, listed.output
     entries = json.loads(listed.stdout)
-    # The imported bundle, listed beside the built-in reference model.
-    assert [e["id"] for e in entries] == ["brats", "segnode-reference-v1"]
+    # The imported bundle, listed beside the two built-in models.
+    assert [e["id"] for e in entries] == ["brats", "segnode-brats22-v1", "segnode-reference-v1"]
     assert entries[0]["output_channels"] == ["tc", "wt", "et"]
 
     shown = runner.invoke(app, ["models", "show", "brats", *data_dir])
