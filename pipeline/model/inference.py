@@ -201,6 +201,21 @@ def _probabilities(
     return blended
 
 
+MAX_FLIP_BATCH_VOXELS = 8 * 128**3
+"""TTA flips run as one batch while (flips × voxels) stays under this (about 2 GB of
+activations for an 8-filter SegResNet). Why batch: PyTorch sends a batch-1 3D convolution with
+a small input to its slow native kernel instead of oneDNN; a 2 mm brain box (80×96×80) is such an
+input, and 8 flips in one batch run ~2-3x faster than 8 single passes on 2 CPU threads."""
+
+
+def _flip_group(batch: torch.Tensor, roi_size: tuple[int, int, int] | None, flips: int) -> int:
+    """How many flipped copies go through the network at once (1 for sliding windows)."""
+    if roi_size is not None:
+        return 1
+    voxels = math.prod(int(size) for size in batch.shape[2:])
+    return max(1, min(flips, MAX_FLIP_BATCH_VOXELS // max(voxels, 1)))
+
+
 def predict_regions(
     networks: Sequence[torch.nn.Module],
     image: np.ndarray,
@@ -271,8 +286,12 @@ def predict_regions(
         for network in networks:
             # torch's stubs omit Module.to(memory_format=...), which exists and is documented.
             network.to(device=device, memory_format=memory_format)  # type: ignore[call-overload]
-            for axes in flips:
-                flipped = torch.flip(batch, axes) if axes else batch
+            group = _flip_group(batch, roi_size, len(flips))
+            for start in range(0, len(flips), group):
+                chosen = flips[start : start + group]
+                flipped = torch.cat(
+                    [torch.flip(batch, axes) if axes else batch for axes in chosen]
+                ).contiguous(memory_format=memory_format)
                 probabilities = _probabilities(
                     network,
                     flipped,
@@ -286,7 +305,9 @@ def predict_regions(
                         f"network gives {probabilities.shape[1]} output channels, "
                         f"the manifest names {len(REGIONS)}"
                     )
-                total += torch.flip(probabilities, axes) if axes else probabilities
+                for index, axes in enumerate(chosen):
+                    one = probabilities[index : index + 1]
+                    total += torch.flip(one, axes) if axes else one
     mean = total / (len(networks) * len(flips))
     mean = _crop(upsample(mean, spacing_factor, fine_shape), padding)[0, order]
     result: np.ndarray = mean.cpu().numpy().astype(np.float32, copy=False)
