@@ -33,8 +33,11 @@ pytestmark = [pytest.mark.orthanc, pytest.mark.timeout(600)]
 SRI24_CASE = SHARED_DATA / "nifti" / "TCGA-FG-6692_sri24_skullstripped"
 #: The bar proves the mask is on the tumour, in the right geometry, through the node's own
 #: skull stripping and registration of native scanner data (the default model's accuracy on
-#: BraTS-preprocessed data is its cross-validation, docs/models.md). Measured: see docs/models.md.
-MIN_WT_DICE = 0.6
+#: BraTS-preprocessed data is its cross-validation, docs/models.md). Measured 2026-12-02 with
+#: segnode-brats22-v1: 0.48 (0.62 on the SRI24 copy of this patient, which none of its members saw;
+#: it over-segments this small low-grade tumour). A geometry or orientation error scores near 0.
+#: (segnode-reference-v1 scored 0.82 here, on the patient it was trained on.)
+MIN_WT_DICE = 0.4
 JOB_TIMEOUT_S = 400
 
 
