@@ -9,7 +9,6 @@ a finished model are not trained again.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -48,9 +47,9 @@ def cv(
         raise typer.Exit(2) from exc
     folds = tuple(fold) if fold else None
     count = len(folds) if folds else len(FOLDS)
-    # Steps per fold are rounded up to whole epochs of ~17 cases.
-    per_epoch = math.ceil(17 / batch_size)
-    bar = StepBar(count * math.ceil(steps / per_epoch) * per_epoch, f"cv {recipe}")
+    # Total unknown until the first fold's epochs are counted: the bar takes it from its first
+    # report and grows per fold.
+    bar = StepBar(None, f"cv {recipe} ({count} folds)")
     config = CvConfig(
         recipe=chosen,
         data_root=root,
@@ -64,7 +63,7 @@ def cv(
     )
     try:
         report = run_cross_validation(
-            config, progress=bar, on_fold=lambda k, text: bar.bar.write(f"fold {k}: {text}")
+            config, progress=bar, on_fold=lambda k, text: bar.restart(f"fold {k}: {text}")
         )
     except (SegnodeError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)

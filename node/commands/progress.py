@@ -32,5 +32,10 @@ class StepBar:
         self.bar.set_postfix(postfix, refresh=False)
         self.bar.update(1)
 
+    def restart(self, message: str) -> None:
+        """Print ``message`` and start over (a new fold: its total comes from its first step)."""
+        self.bar.write(message)
+        self.bar.reset(total=None)
+
     def close(self) -> None:
         self.bar.close()

@@ -161,8 +161,6 @@ def _train_fold(
             recipe=recipe.name,
             model_id=f"cv-{recipe.name}-fold{fold}",
             fp16_weights=True,
-            init_filters=max(8, recipe.architecture.init_filters),
-            vae=recipe.architecture.name == "SegResNetVAE",
             training_data_note=f"cross-validation fold {fold} held out",
         ),
         progress=progress,

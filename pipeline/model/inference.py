@@ -368,6 +368,23 @@ def resolve_postprocessing(
     )
 
 
+def postprocess_with(
+    regions_probability: np.ndarray,
+    spec: PostprocessingSpec,
+    convention: LabelConvention = LabelConvention.BRATS_2021,
+) -> tuple[np.ndarray, PostprocessRecord]:
+    """``postprocess`` with the values of a spec (``resolve_postprocessing``'s answer); a rule
+    set to 0 in the spec is off."""
+    return postprocess(
+        regions_probability,
+        threshold=spec.threshold,
+        et_threshold=spec.et_threshold,
+        et_min_voxels=spec.et_min_voxels or None,
+        min_component_voxels=spec.min_component_voxels or None,
+        convention=convention,
+    )
+
+
 def _remove_small_components(labels: np.ndarray, min_voxels: int) -> tuple[int, int]:
     """Zero whole-tumour components below ``min_voxels``; returns (components, voxels) removed.
 

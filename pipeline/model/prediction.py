@@ -24,7 +24,7 @@ from pipeline.model.brats_data import find_case, load_case
 from pipeline.model.inference import (
     PostprocessRecord,
     choose_roi,
-    postprocess,
+    postprocess_with,
     predict_regions,
     resolve_postprocessing,
 )
@@ -157,14 +157,7 @@ def predict_case(
         et_min_voxels=et_min_voxels,
         min_component_voxels=min_component_voxels,
     )
-    labels, record = postprocess(
-        probabilities,
-        threshold=chosen.threshold,
-        et_threshold=chosen.et_threshold,
-        et_min_voxels=chosen.et_min_voxels or None,
-        min_component_voxels=chosen.min_component_voxels or None,
-        convention=convention,
-    )
+    labels, record = postprocess_with(probabilities, chosen, convention)
     write_labels(labels, reference, out)
     return PredictionSummary(
         output=out,

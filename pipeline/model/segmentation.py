@@ -17,7 +17,7 @@ import torch
 from pipeline.errors import InferenceError
 from pipeline.model.inference import (
     choose_roi,
-    postprocess,
+    postprocess_with,
     predict_regions,
     resolve_postprocessing,
 )
@@ -100,14 +100,7 @@ def segment(request: SegmentationRequest) -> SegmentationResult:
         et_min_voxels=request.et_min_voxels,
         min_component_voxels=request.min_component_voxels,
     )
-    labels, record = postprocess(
-        mean,
-        threshold=chosen.threshold,
-        et_threshold=chosen.et_threshold,
-        et_min_voxels=chosen.et_min_voxels or None,
-        min_component_voxels=chosen.min_component_voxels or None,
-        convention=request.convention,
-    )
+    labels, record = postprocess_with(mean, chosen, request.convention)
     return SegmentationResult(
         labels=labels,
         models=tuple(
