@@ -61,6 +61,28 @@ class Peer(_Section):
     port: Port | None = None
 
 
+class ListenerTls(_Section):
+    """DICOM TLS on the listener (PS3.15 Annex B, the BCP 195 profile)."""
+
+    enabled: bool = False
+    cert_file: Path | None = None
+    """PEM certificate chain the node presents."""
+    key_file: Path | None = None
+    """PEM private key of cert_file (keep it 0600)."""
+    ca_file: Path | None = None
+    """PEM CA bundle that client certificates must chain to."""
+    require_client_cert: bool = False
+    """Refuse a peer that presents no certificate signed by ca_file (mutual TLS)."""
+
+    @model_validator(mode="after")
+    def _complete(self) -> ListenerTls:
+        if self.enabled and not (self.cert_file and self.key_file):
+            raise ValueError("listener.tls: enabled needs cert_file and key_file")
+        if self.require_client_cert and not self.ca_file:
+            raise ValueError("listener.tls: require_client_cert needs ca_file")
+        return self
+
+
 class ListenerSettings(_Section):
     """The DICOM SCP (``segnode serve``)."""
 
@@ -75,6 +97,18 @@ class ListenerSettings(_Section):
     dimse_timeout_s: PositiveSeconds = 60.0
     network_timeout_s: PositiveSeconds = 120.0
     max_pdu_bytes: Annotated[int, Field(ge=0)] = 262144
+    max_connections_per_address: Annotated[int, Field(ge=1, le=1000)] = 8
+    """Open TCP connections one peer address may hold at once (associated or not)."""
+    max_pending_connections: Annotated[int, Field(ge=1, le=1000)] = 16
+    """Connections that have not yet been accepted as an association; beyond this the oldest
+    pending connection from another address is dropped to make room."""
+    association_request_timeout_s: PositiveSeconds = 10.0
+    """A connection must complete its A-ASSOCIATE-RQ within this many seconds of connecting."""
+    pdu_read_timeout_s: PositiveSeconds = 30.0
+    """Once a PDU's first byte arrives, the whole PDU must arrive within this many seconds."""
+    max_instance_mb: Annotated[int, Field(ge=1)] = 512
+    """Largest dataset accepted per C-STORE (after inflating a deflated transfer syntax)."""
+    tls: ListenerTls = ListenerTls()
 
     @property
     def called_ae_titles(self) -> frozenset[str]:
@@ -106,6 +140,8 @@ class StorageSettings(_Section):
     duplicates: DuplicatePolicy = DuplicatePolicy.KEEP_FIRST
     fsync: bool = True
     sqlite_synchronous: SqliteSynchronous = SqliteSynchronous.FULL
+    file_group: str = ""
+    """Group that may read the node's files (mode 0640/0750); empty: owner only (0600/0700)."""
 
     def resolved_database_url(self) -> str:
         """The configured URL, or the embedded SQLite database under ``data_dir``."""
@@ -369,6 +405,25 @@ OutputKind = Literal["seg", "sr", "sc", "pdf"]
 OUTPUT_KINDS: tuple[OutputKind, ...] = get_args(OutputKind)
 
 
+class DestinationTls(_Section):
+    """DICOM TLS towards one DIMSE destination."""
+
+    enabled: bool = False
+    ca_file: Path | None = None
+    """PEM CA bundle the destination's certificate must chain to; unset: the system store."""
+    cert_file: Path | None = None
+    """PEM client certificate, for a destination that requires one."""
+    key_file: Path | None = None
+    check_hostname: bool = True
+    """Check that the certificate names destination.host."""
+
+    @model_validator(mode="after")
+    def _pair(self) -> DestinationTls:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("destination tls: cert_file and key_file go together")
+        return self
+
+
 class Destination(_Section):
     """Where results go: a DICOM AE (C-STORE) or a DICOMweb STOW-RS endpoint."""
 
@@ -384,6 +439,7 @@ class Destination(_Section):
     send: list[OutputKind] = ["seg", "sr"]
     """Which results this destination receives; "sc"/"pdf" for viewers without SEG support."""
     timeout_s: PositiveSeconds = 60.0
+    tls: DestinationTls = DestinationTls()
 
     @model_validator(mode="after")
     def _addressed(self) -> Destination:
