@@ -247,11 +247,14 @@ class CompletionMonitor:
         record_node_event(
             session, f"study_{new_state}", detail | {"job_id": job_id}, study_id=study.id
         )
+        # The routing explanation names the matched Series Instance UID: DEBUG only
+        # (the full reason is in the study row and its node event).
         log.info(
             "study %s",
             new_state,
-            extra={"reason": reason, "rule": route.rule, "job_id": job_id},
+            extra={"reason": decision.reason, "rule": route.rule, "job_id": job_id},
         )
+        log.debug("study routed", extra={"explanation": route.explanation})
         return StudyOutcome(study.id, decision.verdict, new_state, reason, job_id)
 
     def _job_for(

@@ -235,12 +235,43 @@ def walk_dataset(data: bytes, *, implicit_vr: bool, little_endian: bool) -> Data
 def file_meta_end(file_bytes: bytes) -> int:
     """Offset of the dataset in a Part 10 stream: after preamble, "DICM" and group 0002.
 
-    Group 0002 is always explicit VR little endian (PS3.10 7.1).
+    Group 0002 is always explicit VR little endian (PS3.10 7.1). Its File Meta
+    Information Group Length, when present, says where it ends: group 0002
+    elements after that are inside the dataset (and refused by the walk), not
+    file meta.
     """
     if len(file_bytes) < 132 or file_bytes[128:132] != b"DICM":
         raise MalformedDatasetError("no DICM prefix", 128)
     walker = _Walker(file_bytes, implicit_vr=False, little_endian=True)
     offset = 132
+    if (
+        len(file_bytes) >= 144
+        and walker._tag_at(offset) == 0x00020000
+        and file_bytes[offset + 4 : offset + 8] == b"UL\x04\x00"
+    ):
+        end = offset + 12 + walker._u32(offset + 8)
+        if end > len(file_bytes):
+            raise MalformedDatasetError("file meta group length runs past the end", offset)
+        return end
     while offset + 8 <= len(file_bytes) and walker._tag_at(offset) >> 16 == 0x0002:
         offset = walker._element(offset, len(file_bytes), walker._tag_at(offset), depth=1)
     return offset
+
+
+def top_level_elements(
+    data: bytes, *, implicit_vr: bool, little_endian: bool
+) -> list[tuple[int, int, int]]:
+    """``(tag, start, end)`` of every top-level element of a well-formed dataset.
+
+    For tools and tests that edit encoded bytes element by element (the
+    malformed-input tests build their variants from real files with it).
+    """
+    walker = _Walker(data, implicit_vr, little_endian)
+    elements: list[tuple[int, int, int]] = []
+    offset = 0
+    while offset < len(data):
+        tag = walker._tag_at(offset)
+        end = walker._element(offset, len(data), tag, depth=0)
+        elements.append((tag, offset, end))
+        offset = end
+    return elements

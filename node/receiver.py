@@ -20,13 +20,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import DuplicatePolicy, StorageSettings
-from node.dicom_header import InstanceHeader, read_instance_header
+from node.dicom_header import DEFAULT_MAX_DATASET_BYTES, InstanceHeader, read_instance_header
 from node.errors import InvalidInstanceError
+from node.logs import quiet_pydicom_reading
 from storage.database import read_only_session
-from storage.filestore import FileStore
+from storage.errors import IdentityConflictError, UnsafeUidError
+from storage.filestore import FileStore, check_uid
 from storage.ingest import (
     InstanceRecord,
     find_instance,
+    identity_conflict,
     record_instance,
     record_node_event,
     record_quarantine,
@@ -41,7 +44,17 @@ log = logging.getLogger(__name__)
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_PROCESSING_FAILURE = 0xC211
+STATUS_IDENTITY_CONFLICT = 0xC212
+"""Refused (Cxxx, implementation-specific): the study or series belongs to another patient."""
 _LOCK_STRIPES = 64
+
+
+def _valid_uid_or_none(uid: str) -> str | None:
+    """A command UID worth recording: a valid UID, else nothing (it may be any bytes)."""
+    try:
+        return check_uid(uid.strip())
+    except UnsafeUidError:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +82,12 @@ class InstanceReceiver:
         sessions: sessionmaker[Session],
         settings: StorageSettings,
         extra_keywords: tuple[str, ...] = (),
+        max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES,
     ) -> None:
         self._store = store
+        self._max_dataset_bytes = max_dataset_bytes
+        # This is where hostile bytes are read: no pydicom warning may quote them.
+        quiet_pydicom_reading()
         self._sessions = sessions
         self._settings = settings
         self._extra_keywords = extra_keywords
@@ -91,8 +108,37 @@ class InstanceReceiver:
         command_sop_class_uid: str,
         command_sop_instance_uid: str,
         sender: Sender,
+        context_sop_class_uid: str | None = None,
     ) -> StoreOutcome:
-        """Handle one instance; returns the DIMSE status for the C-STORE response."""
+        """Handle one instance; returns the DIMSE status for the C-STORE response.
+
+        Never raises: whatever goes wrong becomes a failure status, and the
+        bytes are kept in quarantine where that is still possible.
+        """
+        try:
+            return self._receive(
+                file_bytes,
+                command_sop_class_uid=command_sop_class_uid,
+                command_sop_instance_uid=command_sop_instance_uid,
+                context_sop_class_uid=context_sop_class_uid,
+                sender=sender,
+            )
+        except Exception as exc:  # noqa: BLE001 - the listener must keep serving
+            # The exception's text may quote dataset values: log its type only.
+            reason = f"internal error while receiving ({type(exc).__name__})"
+            log.error("C-STORE failed: %s", reason, extra={"calling_ae": sender.calling_ae})
+            self._quarantine_safely(file_bytes, reason, STATUS_PROCESSING_FAILURE, sender)
+            return StoreOutcome(STATUS_PROCESSING_FAILURE, reason)
+
+    def _receive(
+        self,
+        file_bytes: bytes,
+        *,
+        command_sop_class_uid: str,
+        command_sop_instance_uid: str,
+        context_sop_class_uid: str | None,
+        sender: Sender,
+    ) -> StoreOutcome:
         if not self._enough_disk(sender):
             return StoreOutcome(STATUS_OUT_OF_RESOURCES, "free disk space below the floor")
         try:
@@ -100,16 +146,18 @@ class InstanceReceiver:
                 file_bytes,
                 command_sop_class_uid=command_sop_class_uid,
                 command_sop_instance_uid=command_sop_instance_uid,
+                context_sop_class_uid=context_sop_class_uid,
                 extra_keywords=self._extra_keywords,
+                max_dataset_bytes=self._max_dataset_bytes,
             )
         except InvalidInstanceError as exc:
-            self._quarantine(
+            self._quarantine_safely(
                 file_bytes,
                 exc.reason,
                 exc.status,
                 sender,
-                command_sop_instance_uid[:64] or None,
-                command_sop_class_uid[:64] or None,
+                _valid_uid_or_none(command_sop_instance_uid),
+                _valid_uid_or_none(command_sop_class_uid),
             )
             return StoreOutcome(exc.status, exc.reason)
 
@@ -117,9 +165,36 @@ class InstanceReceiver:
         with stripe:
             try:
                 return self._store_and_record(file_bytes, header, sender)
+            except IdentityConflictError as exc:
+                return self._refuse_identity(file_bytes, header, sender, str(exc))
             except OSError as exc:
                 log.error("could not write instance: %s", exc.strerror, extra={"errno": exc.errno})
                 return StoreOutcome(STATUS_OUT_OF_RESOURCES, f"write failed: {exc.strerror}")
+
+    def _refuse_identity(
+        self, file_bytes: bytes, header: InstanceHeader, sender: Sender, reason: str
+    ) -> StoreOutcome:
+        self._quarantine(
+            file_bytes,
+            reason,
+            STATUS_IDENTITY_CONFLICT,
+            sender,
+            header.sop_instance_uid,
+            header.sop_class_uid,
+        )
+        with self._sessions.begin() as session:
+            record_node_event(
+                session,
+                "identity_conflict",
+                {
+                    "reason": reason,
+                    "study_instance_uid": header.study_instance_uid,
+                    "series_instance_uid": header.series_instance_uid,
+                    "sop_instance_uid": header.sop_instance_uid,
+                },
+                association_id=sender.association_id,
+            )
+        return StoreOutcome(STATUS_IDENTITY_CONFLICT, reason)
 
     def _enough_disk(self, sender: Sender) -> bool:
         floor_mb = self._settings.min_free_disk_mb
@@ -154,7 +229,15 @@ class InstanceReceiver:
         record = self._record(header, sha256, len(file_bytes), str(relative), sender, utc_now())
 
         with read_only_session(self._sessions) as session:
+            conflict = identity_conflict(
+                session,
+                header.study_instance_uid,
+                header.series_instance_uid,
+                header.patient_key,
+            )
             existing = stored_fingerprint(session, header.sop_instance_uid)
+        if conflict is not None:
+            raise IdentityConflictError(conflict)
         if existing is not None:
             existing_sha, existing_path = existing
             if existing_sha == sha256:
@@ -164,9 +247,14 @@ class InstanceReceiver:
                 return StoreOutcome(STATUS_SUCCESS, "identical duplicate ignored")
             return self._different_duplicate(file_bytes, record, existing_path)
 
-        self._store.write_instance(relative, file_bytes)
+        written = self._store.write_instance(relative, file_bytes)
         try:
             recorded = self._writer.record(record)
+        except IdentityConflictError:
+            # Another sender recorded this study or series for someone else in
+            # between: the file just written is ours alone (a new SOP Instance UID).
+            written.unlink(missing_ok=True)
+            raise
         except IntegrityError:
             # Another process recorded the same SOP Instance UID in between.
             log.warning("concurrent duplicate SOP Instance UID; re-evaluating")
@@ -230,7 +318,27 @@ class InstanceReceiver:
             called_ae=sender.called_ae,
             association_id=sender.association_id,
             received_at=received_at,
+            patient_key=header.patient_key,
         )
+
+    def _quarantine_safely(
+        self,
+        file_bytes: bytes,
+        reason: str,
+        status: int,
+        sender: Sender,
+        sop_instance_uid: str | None = None,
+        sop_class_uid: str | None = None,
+    ) -> None:
+        """Quarantine a refused instance; a failure to do so is logged, never raised."""
+        try:
+            self._quarantine(file_bytes, reason, status, sender, sop_instance_uid, sop_class_uid)
+        except Exception as exc:  # noqa: BLE001 - the refusal status still goes out
+            log.error(
+                "could not record a quarantined instance (%s)",
+                type(exc).__name__,
+                extra={"calling_ae": sender.calling_ae},
+            )
 
     def _quarantine(
         self,
@@ -241,27 +349,50 @@ class InstanceReceiver:
         sop_instance_uid: str | None,
         sop_class_uid: str | None,
     ) -> None:
-        kept = self._store.quarantine(
-            file_bytes,
-            reason,
-            {
-                "status": f"0x{status:04X}",
-                "calling_ae": sender.calling_ae,
-                "called_ae": sender.called_ae,
-                "association_id": sender.association_id,
-                "sop_instance_uid": sop_instance_uid,
-                "sop_class_uid": sop_class_uid,
-            },
-        )
+        """Keep the bytes with a note and a row; the row is written even if the copy is not.
+
+        Why the row without the copy: on a full disk the bytes cannot be kept, but
+        the operator must still see that an instance was refused, from whom and why.
+        """
+        kept_path: str | None
+        try:
+            kept = self._store.quarantine(
+                file_bytes,
+                reason,
+                {
+                    "status": f"0x{status:04X}",
+                    "calling_ae": sender.calling_ae,
+                    "called_ae": sender.called_ae,
+                    "association_id": sender.association_id,
+                    "sop_instance_uid": sop_instance_uid,
+                    "sop_class_uid": sop_class_uid,
+                },
+            )
+            kept_path = str(kept.path)
+        except OSError as exc:
+            kept_path = None
+            reason = f"{reason} (quarantine copy not kept: {exc.strerror or type(exc).__name__})"
         with self._sessions.begin() as session:
-            record_quarantine(
+            row = record_quarantine(
                 session,
                 reason=reason,
                 status_code=status,
-                file_path=str(kept.path),
+                file_path=kept_path,
                 sop_instance_uid=sop_instance_uid,
                 sop_class_uid=sop_class_uid,
                 calling_ae=sender.calling_ae,
+                association_id=sender.association_id,
+            )
+            session.flush()
+            record_node_event(
+                session,
+                "instance_quarantined",
+                {
+                    "quarantine_id": row.id,
+                    "status": f"0x{status:04X}",
+                    "reason": reason,
+                    "calling_ae": sender.calling_ae,
+                },
                 association_id=sender.association_id,
             )
         log.warning(
@@ -269,7 +400,7 @@ class InstanceReceiver:
             reason,
             extra={
                 "status": f"0x{status:04X}",
-                "quarantine_file": str(kept.path),
+                "quarantine_file": kept_path,
                 "calling_ae": sender.calling_ae,
             },
         )

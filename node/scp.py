@@ -6,6 +6,12 @@ Why the checks live in an ``EVT_REQUESTED`` handler rather than in pynetdicom's
 calling-AE allow-list also checks the peer's address. Rejections are sent with
 the standard reasons and recorded. Everything heavier than writing the
 instance happens elsewhere: the peer waits for our C-STORE response.
+
+The transport is guarded (node/connection_guard.py): connections are capped per
+address and while pending, must complete their request in time, and PDUs are
+read under deadlines and size limits. ``max_associations`` counts accepted
+associations only, checked here after the AE titles, with the transient
+"local limit exceeded" rejection.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import uuid
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
@@ -43,14 +50,22 @@ from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import ListenerSettings, Peer
+from node.connection_guard import (
+    ConnectionGuard,
+    GuardedAssociationServer,
+    GuardLimits,
+    connection_of,
+    pynetdicom_association_limit,
+)
 from node.logs import log_context
 from node.negotiation import contexts_preferring_sender
 from node.receiver import STATUS_PROCESSING_FAILURE, InstanceReceiver, Sender
+from node.tls import listener_ssl_context
 from storage.ingest import close_association, open_association, record_node_event
 from storage.models import AssociationOutcome
 
@@ -85,6 +100,7 @@ UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEnd
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4.
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)
+REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)  # transient, presentation-related: local limit exceeded
 
 
 @dataclass
@@ -135,7 +151,8 @@ class StorageSCP:
         self._states: weakref.WeakKeyDictionary[Association, _AssociationState] = (
             weakref.WeakKeyDictionary()
         )
-        self._server: ThreadedAssociationServer | None = None
+        self._server: GuardedAssociationServer | None = None
+        self.guard = ConnectionGuard(GuardLimits.from_listener(listener), self._record_event)
         self.ae = self._build_ae()
 
     def _build_ae(self) -> AE:
@@ -151,7 +168,9 @@ class StorageSCP:
             ae.add_supported_context(abstract, ACCEPTED_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification, UNCOMPRESSED)
         ae.require_called_aet = False  # checked in _on_requested, against several titles
-        ae.maximum_associations = self._listener.max_associations
+        # Our limit counts accepted associations only (see _on_requested); pynetdicom's
+        # counts every connection, pending ones included, and must never bite first.
+        ae.maximum_associations = pynetdicom_association_limit(self._listener)
         ae.acse_timeout = self._listener.acse_timeout_s
         ae.dimse_timeout = self._listener.dimse_timeout_s
         ae.network_timeout = self._listener.network_timeout_s
@@ -174,19 +193,37 @@ class StorageSCP:
             (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_CONN_CLOSE, self._on_connection_close),
         ]
-        self._server = self.ae.start_server(
-            (self._listener.host, self._listener.port), block=False, evt_handlers=handlers
+        # make_server rather than start_server: only it takes a server_class.
+        server = self.ae.make_server(
+            (self._listener.host, self._listener.port),
+            ssl_context=listener_ssl_context(self._listener.tls),
+            evt_handlers=handlers,
+            server_class=GuardedAssociationServer,
+            guard=self.guard,
         )
+        if not isinstance(server, GuardedAssociationServer):  # pragma: no cover - server_class
+            raise TypeError(f"pynetdicom built a {type(server).__name__}")
+        # As start_server does, so AE.shutdown() stops it too.
+        self.ae._servers.append(server)
+        threading.Thread(target=server.serve, name="AcceptorServer", daemon=True).start()
+        self._server = server
         log.info(
             "DICOM listener started",
             extra={
                 "ae_titles": sorted(self._listener.called_ae_titles),
                 "host": self._listener.host,
                 "port": self.port,
+                "tls": self._listener.tls.enabled,
             },
         )
 
     def stop(self) -> None:
+        # Established associations get an A-ABORT; the server's shutdown then closes
+        # every other guarded connection. Not AE.shutdown() alone: it aborts pending
+        # connections too, an event pynetdicom's state machine rejects in Sta2.
+        for assoc in self.ae.active_associations:
+            if assoc.is_established:
+                assoc.abort()
         if self._server is not None:
             self._server.shutdown()
             self._server = None
@@ -201,15 +238,27 @@ class StorageSCP:
         if sock is not None and sock.socket is not None:
             sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+    def _record_event(self, kind: str, detail: dict[str, Any]) -> None:
+        with self._sessions.begin() as session:
+            record_node_event(session, kind, detail)
+
     def _on_requested(self, event: Event) -> None:
         assoc = event.assoc
         primitive = assoc.requestor.primitive
-        if primitive is None:  # pragma: no cover - pynetdicom sets it before EVT_REQUESTED
-            raise RuntimeError("association requested without an A-ASSOCIATE primitive")
+        if assoc.is_aborted or not isinstance(primitive, A_ASSOCIATE):
+            return  # the connection closed before its request (see connection_guard)
         called = str(primitive.called_ae_title).strip()
         calling = str(primitive.calling_ae_title).strip()
         address = str(assoc.requestor.address)
         rejection = rejection_reason(self._listener, self._peers, called, calling, address)
+        connection = connection_of(assoc)
+        if rejection is None and not (
+            connection is None
+            or self.guard.reserve_association(connection, self._listener.max_associations)
+        ):
+            rejection = REJECT_LOCAL_LIMIT, (
+                f"{self._listener.max_associations} associations already accepted"
+            )
         if rejection is None:
             # Answer with the title the peer called, whichever of ours it was.
             assoc.acceptor.ae_title = called

@@ -18,6 +18,7 @@ from sqlalchemy import CursorResult, Table, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from storage.errors import IdentityConflictError
 from storage.models import (
     Association,
     AssociationOutcome,
@@ -52,6 +53,8 @@ class InstanceRecord:
     called_ae: str
     association_id: str | None
     received_at: datetime
+    patient_key: str | None = None
+    """Hash of the patient's identity; None where unknown (then not compared)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,11 +89,17 @@ def _study_id(session: Session, record: InstanceRecord) -> int:
             "last_received_at": record.received_at,
             "received_instances": 0,
             "times_fired": 0,
+            "patient_key": record.patient_key,
         },
     )
-    return session.execute(
-        select(Study.id).where(Study.study_instance_uid == record.study_instance_uid)
-    ).scalar_one()
+    study_id, known_patient = session.execute(
+        select(Study.id, Study.patient_key).where(
+            Study.study_instance_uid == record.study_instance_uid
+        )
+    ).one()
+    if known_patient is not None and record.patient_key not in (None, known_patient):
+        raise IdentityConflictError(STUDY_OF_ANOTHER_PATIENT)
+    return int(study_id)
 
 
 def _series_id(session: Session, study_id: int, record: InstanceRecord) -> int:
@@ -110,9 +119,45 @@ def _series_id(session: Session, study_id: int, record: InstanceRecord) -> int:
             "size_bytes": 0,
         },
     )
-    return session.execute(
-        select(Series.id).where(Series.series_instance_uid == record.series_instance_uid)
-    ).scalar_one()
+    series_id, owner = session.execute(
+        select(Series.id, Series.study_id).where(
+            Series.series_instance_uid == record.series_instance_uid
+        )
+    ).one()
+    if owner != study_id:
+        raise IdentityConflictError(SERIES_OF_ANOTHER_STUDY)
+    return int(series_id)
+
+
+STUDY_OF_ANOTHER_PATIENT = "Study Instance UID already recorded for another patient"
+SERIES_OF_ANOTHER_STUDY = "Series Instance UID already recorded under another study"
+
+
+def identity_conflict(
+    session: Session, study_instance_uid: str, series_instance_uid: str, patient_key: str | None
+) -> str | None:
+    """Why an instance would mix two patients or two studies, or None (two indexed reads).
+
+    Checked before the file is written; :func:`record_instances` checks again
+    inside its transaction, for two senders racing.
+    """
+    known_patient = session.execute(
+        select(Study.patient_key).where(Study.study_instance_uid == study_instance_uid)
+    ).first()
+    if (
+        known_patient is not None
+        and known_patient[0] is not None
+        and patient_key not in (None, known_patient[0])
+    ):
+        return STUDY_OF_ANOTHER_PATIENT
+    owner = session.execute(
+        select(Study.study_instance_uid)
+        .join(Series, Series.study_id == Study.id)
+        .where(Series.series_instance_uid == series_instance_uid)
+    ).first()
+    if owner is not None and owner[0] != study_instance_uid:
+        return SERIES_OF_ANOTHER_STUDY
+    return None
 
 
 def _touch_study(
@@ -197,6 +242,11 @@ def stored_fingerprint(session: Session, sop_instance_uid: str) -> tuple[str, st
     return None if row is None else (row[0], row[1])
 
 
+def series_key(record: InstanceRecord) -> str:
+    """The identity a series is cached under: its UID, its study's and the patient's."""
+    return f"{record.series_instance_uid}|{record.study_instance_uid}|{record.patient_key}"
+
+
 def record_instances(
     session: Session,
     records: Sequence[InstanceRecord],
@@ -209,21 +259,26 @@ def record_instances(
     cost more CPU than the C-STORE itself.
 
     Args:
-        known_ids: ``series_instance_uid -> (study_id, series_id)`` the caller
-            already knows (a series never moves to another study).
+        known_ids: ``series_key(record) -> (study_id, series_id)`` the caller
+            already knows (a series never moves to another study; the key holds
+            the study and patient too, so a record naming another one is checked).
+
+    Raises:
+        IdentityConflictError: a record's series or study belongs to another
+            study or patient; nothing of the batch is written.
         linked: ``(association_id, study_instance_uid)`` pairs already linked.
     """
     ids: dict[str, tuple[int, int]] = dict(known_ids or {})
     for record in records:
-        if record.series_instance_uid not in ids:
+        if series_key(record) not in ids:
             study_id = _study_id(session, record)
-            ids[record.series_instance_uid] = (study_id, _series_id(session, study_id, record))
+            ids[series_key(record)] = (study_id, _series_id(session, study_id, record))
 
     session.execute(
         insert(_table(Instance)),
         [
             {
-                "series_id": ids[record.series_instance_uid][1],
+                "series_id": ids[series_key(record)][1],
                 "sop_instance_uid": record.sop_instance_uid,
                 "sop_class_uid": record.sop_class_uid,
                 "transfer_syntax_uid": record.transfer_syntax_uid,
@@ -242,7 +297,7 @@ def record_instances(
     by_series: dict[int, list[InstanceRecord]] = defaultdict(list)
     by_study: dict[int, list[InstanceRecord]] = defaultdict(list)
     for record in records:
-        study_id, series_id = ids[record.series_instance_uid]
+        study_id, series_id = ids[series_key(record)]
         by_series[series_id].append(record)
         by_study[study_id].append(record)
     for series_id, group in by_series.items():
@@ -260,7 +315,7 @@ def record_instances(
         for study_id, group in by_study.items()
     }
     new_links = {
-        (ids[r.series_instance_uid][0], r.association_id)
+        (ids[series_key(r)][0], r.association_id)
         for r in records
         if r.association_id is not None and (r.association_id, r.study_instance_uid) not in linked
     }
@@ -271,7 +326,7 @@ def record_instances(
             {"study_id": study_id, "association_id": association_id},
         )
     return [
-        RecordedInstance(*ids[r.series_instance_uid], reopened[ids[r.series_instance_uid][0]])
+        RecordedInstance(*ids[series_key(r)], reopened[ids[series_key(r)][0]])
         for r in records
     ]
 
@@ -314,7 +369,7 @@ def record_quarantine(
     *,
     reason: str,
     status_code: int,
-    file_path: str,
+    file_path: str | None,
     sop_instance_uid: str | None,
     sop_class_uid: str | None,
     calling_ae: str | None,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.ingest import InstanceRecord, RecordedInstance, record_instances
+from storage.ingest import InstanceRecord, RecordedInstance, record_instances, series_key
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class InstanceWriter:
             self._linked.clear()
         for pending, recorded in zip(batch, results, strict=True):
             record = pending.record
-            self._series_ids[record.series_instance_uid] = (recorded.study_id, recorded.series_id)
+            self._series_ids[series_key(record)] = (recorded.study_id, recorded.series_id)
             self._linked.add((record.association_id, record.study_instance_uid))
             pending.result.set_result(recorded)
 

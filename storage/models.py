@@ -117,6 +117,8 @@ class Study(Base):
     times_fired: Mapped[int] = mapped_column(Integer, default=0)
     routing_rule: Mapped[str | None] = mapped_column(String(128))
     deadline_passed_at: Mapped[datetime | None]
+    patient_key: Mapped[str | None] = mapped_column(String(64))
+    """Hash of the patient's identity (PatientID, issuer, name); compared, never shown."""
 
     series: Mapped[list[Series]] = relationship(back_populates="study", order_by="Series.id")
 
@@ -177,8 +179,8 @@ class QuarantinedInstance(Base):
     reason: Mapped[str] = mapped_column(Text)
     status_code: Mapped[int] = mapped_column(Integer)
     """The DIMSE status the sender got (0 when the instance was acknowledged)."""
-    file_path: Mapped[str] = mapped_column(String(512))
-    """Relative to the quarantine root."""
+    file_path: Mapped[str | None] = mapped_column(String(512))
+    """Relative to the quarantine root; None when the copy could not be written (disk full)."""
     sop_instance_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH), index=True)
     sop_class_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH))
     calling_ae: Mapped[str | None] = mapped_column(String(AE_LENGTH))
