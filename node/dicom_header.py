@@ -190,7 +190,7 @@ def _required_uid(dataset: Dataset, keyword: str) -> str:
         raise _refuse(f"{keyword} is not a valid UID ({len(value)} characters)") from exc
 
 
-def _quoted_uid(uid: str) -> str:
+def quoted_uid(uid: str) -> str:
     """A UID for a reason: itself when valid, else only that it is invalid."""
     try:
         return check_uid(uid.strip())
@@ -287,8 +287,8 @@ def read_instance_header(
         command_sop_class_uid.strip() != context_sop_class_uid.strip()
     ):
         raise _refuse(
-            f"the request's SOP class {_quoted_uid(command_sop_class_uid)} is not the "
-            f"presentation context's {_quoted_uid(context_sop_class_uid)}",
+            f"the request's SOP class {quoted_uid(command_sop_class_uid)} is not the "
+            f"presentation context's {quoted_uid(context_sop_class_uid)}",
             STATUS_SOP_CLASS_NOT_SUPPORTED,
         )
     try:
@@ -301,7 +301,7 @@ def read_instance_header(
     except Exception as exc:  # noqa: BLE001 - any failure means "cannot understand"
         raise _refuse(f"file meta cannot be read ({type(exc).__name__})") from exc
     if not transfer_syntax.is_transfer_syntax:
-        raise _refuse(f"unknown transfer syntax {_quoted_uid(str(transfer_syntax))}")
+        raise _refuse(f"unknown transfer syntax {quoted_uid(str(transfer_syntax))}")
     implicit = transfer_syntax.is_implicit_VR
     little = transfer_syntax.is_little_endian
     try:
@@ -322,7 +322,7 @@ def read_instance_header(
     if sop_class != command_sop_class_uid.strip():
         raise _refuse(
             f"dataset SOP Class UID {sop_class} differs from the request's "
-            f"{_quoted_uid(command_sop_class_uid)}",
+            f"{quoted_uid(command_sop_class_uid)}",
             STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
         )
     if sop_instance != command_sop_instance_uid.strip():

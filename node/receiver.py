@@ -171,6 +171,27 @@ class InstanceReceiver:
                 log.error("could not write instance: %s", exc.strerror, extra={"errno": exc.errno})
                 return StoreOutcome(STATUS_OUT_OF_RESOURCES, f"write failed: {exc.strerror}")
 
+    def refuse(
+        self,
+        file_bytes: bytes,
+        *,
+        status: int,
+        reason: str,
+        sender: Sender,
+        command_sop_class_uid: str,
+        command_sop_instance_uid: str,
+    ) -> StoreOutcome:
+        """Refuse a C-STORE the listener judged itself (quarantine, row, event, status)."""
+        self._quarantine_safely(
+            file_bytes,
+            reason,
+            status,
+            sender,
+            _valid_uid_or_none(command_sop_instance_uid),
+            _valid_uid_or_none(command_sop_class_uid),
+        )
+        return StoreOutcome(status, reason)
+
     def _refuse_identity(
         self, file_bytes: bytes, header: InstanceHeader, sender: Sender, reason: str
     ) -> StoreOutcome:

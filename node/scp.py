@@ -25,8 +25,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import (
     HTJ2K,
     JPEG2000,
@@ -47,10 +45,12 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom import _config as pynetdicom_config
+from pynetdicom import sop_class as pynetdicom_sop_classes
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.pdu_primitives import A_ASSOCIATE
+from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -62,6 +62,8 @@ from node.connection_guard import (
     connection_of,
     pynetdicom_association_limit,
 )
+from node.dicom_header import STATUS_SOP_CLASS_NOT_SUPPORTED, quoted_uid
+from node.file_meta import part10_bytes
 from node.logs import log_context
 from node.negotiation import contexts_preferring_sender
 from node.receiver import STATUS_PROCESSING_FAILURE, InstanceReceiver, Sender
@@ -291,6 +293,7 @@ class StorageSCP:
             called_ae=str(assoc.acceptor.ae_title).strip(),
         )
         self._states[assoc] = state
+        self._refuse_stores_outside_storage(assoc, state)
         with self._sessions.begin() as session:
             open_association(
                 session,
@@ -310,6 +313,58 @@ class StorageSCP:
             },
         )
 
+    def _refuse_stores_outside_storage(self, assoc: Association, state: _AssociationState) -> None:
+        """Answer a C-STORE naming a non-storage SOP class with a C-STORE-RSP 0x0122.
+
+        Why: pynetdicom picks the service from the command's Affected SOP Class
+        UID, so a C-STORE naming Verification is answered by the Verification
+        SCP with a C-ECHO-RSP Success, and one naming a Query/Retrieve class
+        aborts the association. Wrapping the association's dispatch (private in
+        pynetdicom 3.0.4, which is pinned; the listener tests exercise it) keeps
+        the bytes in quarantine and answers the way the sender asked.
+        """
+        serve = assoc._serve_request
+
+        def serve_request(msg: Any, context_id: int) -> None:
+            if isinstance(msg, C_STORE) and not _names_storage(msg.AffectedSOPClassUID):
+                context = assoc._accepted_cx.get(context_id)
+                if context is not None:
+                    self._refuse_misnamed_store(assoc, state, msg, context)
+                    return
+            serve(msg, context_id)
+
+        assoc._serve_request = serve_request  # type: ignore[method-assign]
+
+    def _refuse_misnamed_store(
+        self, assoc: Association, state: _AssociationState, msg: C_STORE, context: Any
+    ) -> None:
+        sop_class = str(msg.AffectedSOPClassUID or "")
+        sop_instance = str(msg.AffectedSOPInstanceUID or "")
+        dataset = msg.DataSet.getvalue() if msg.DataSet is not None else b""
+        with log_context(association_id=state.association_id, calling_ae=state.calling_ae):
+            outcome = self._receiver.refuse(
+                part10_bytes(
+                    transfer_syntax_uid=str(context.transfer_syntax[0]),
+                    sop_class_uid=sop_class,
+                    sop_instance_uid=sop_instance,
+                    source_ae_title=state.calling_ae,
+                    dataset=dataset,
+                ),
+                status=STATUS_SOP_CLASS_NOT_SUPPORTED,
+                reason=f"C-STORE names {quoted_uid(sop_class)}, not a storage SOP class",
+                sender=Sender(state.association_id, state.calling_ae, state.called_ae),
+                command_sop_class_uid=sop_class,
+                command_sop_instance_uid=sop_instance,
+            )
+        with state.lock:
+            state.failed += 1
+        response = C_STORE()
+        response.MessageIDBeingRespondedTo = msg.MessageID
+        response.AffectedSOPClassUID = msg.AffectedSOPClassUID
+        response.AffectedSOPInstanceUID = msg.AffectedSOPInstanceUID
+        response.Status = outcome.status
+        assoc.dimse.send_msg(response, context.context_id)
+
     def _on_store(self, event: Event) -> int:
         state = self._states.get(event.assoc)
         if state is None:  # pragma: no cover - pynetdicom only stores on accepted associations
@@ -323,6 +378,7 @@ class StorageSCP:
                 file_bytes,
                 command_sop_class_uid=str(request.AffectedSOPClassUID),
                 command_sop_instance_uid=str(request.AffectedSOPInstanceUID),
+                context_sop_class_uid=str(event.context.abstract_syntax),
                 sender=Sender(state.association_id, state.calling_ae, state.called_ae),
             )
         with state.lock:
@@ -358,15 +414,22 @@ class StorageSCP:
         self._on_closed()
 
 
+def _names_storage(sop_class_uid: Any) -> bool:
+    """Whether pynetdicom would hand a request naming this SOP class to the Storage SCP."""
+    return pynetdicom_sop_classes.uid_to_service_class(str(sop_class_uid or "")) is StorageServiceClass
+
+
 def _part10_bytes(event: Event) -> bytes:
     """The received dataset as a DICOM file: preamble, our file meta, the bytes as sent.
 
     The dataset is not decoded and re-encoded, so the stored file carries exactly
     the bytes the sender transmitted.
     """
-    buffer = DicomBytesIO()
-    buffer.write(b"\x00" * 128 + b"DICM")
-    meta = event.file_meta
-    meta.SourceApplicationEntityTitle = str(event.assoc.requestor.ae_title).strip()
-    write_file_meta_info(buffer, meta, enforce_standard=True)
-    return bytes(buffer.getvalue()) + event.encoded_dataset(include_meta=False)
+    request = event.request
+    return part10_bytes(
+        transfer_syntax_uid=str(event.context.transfer_syntax),
+        sop_class_uid=str(getattr(request, "AffectedSOPClassUID", "") or ""),
+        sop_instance_uid=str(getattr(request, "AffectedSOPInstanceUID", "") or ""),
+        source_ae_title=str(event.assoc.requestor.ae_title),
+        dataset=event.encoded_dataset(include_meta=False),
+    )

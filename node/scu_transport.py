@@ -9,19 +9,28 @@
 * **Why a connect failed.** pynetdicom catches the ``OSError`` of the TCP
   connect and only logs it; :class:`RecordingSocket` keeps it, so the error can
   say "Connection refused" or "No route to host".
+* **DICOM TLS.** pynetdicom 3.0.4 wraps the socket in ``AssociationSocket.connect``
+  with ``context.wrap_socket`` and then also swallows the handshake's
+  ``ssl.SSLError``. :class:`NoDelaySocket` does the same wrap itself, just before,
+  into a :class:`RecordingTLSSocket`: the same file descriptor, so TCP_NODELAY
+  stays set, and the handshake's error (bad certificate, hostname mismatch, a
+  peer without TLS) is kept like a connect error. In TLS 1.3 the peer checks our
+  client certificate after our side of the handshake has finished, so its alert
+  ("certificate required", "unknown ca") arrives on the first read; that error is
+  kept too (:attr:`RecordingTLSSocket.read_error`).
 * **What the peer said.** :class:`PeerWatch` keeps an A-ASSOCIATE-RJ or A-ABORT
   PDU as it is decoded.
 
 The socket and AE hooks override pynetdicom's ``_create_socket`` methods, which
-are private: pynetdicom is pinned (3.0.4) and the tests check the option on a
-live association.
+are private: pynetdicom is pinned (3.0.4) and the tests check the option and the
+TLS wrap on a live association.
 """
 
 from __future__ import annotations
 
 import socket
-from ssl import SSLContext
-from typing import Any
+import ssl
+from typing import Any, cast
 
 from pynetdicom import AE
 from pynetdicom.association import Association
@@ -43,8 +52,30 @@ class RecordingSocket(socket.socket):
             raise
 
 
+class RecordingTLSSocket(RecordingSocket, ssl.SSLSocket):
+    """A TLS socket that keeps the error of a failed connect or handshake, and of a read.
+
+    Why the read: pynetdicom logs an ``OSError`` from ``recv`` and treats it as the
+    connection closing; the TLS alert in it is the only word on why.
+    """
+
+    read_error: ssl.SSLError | None = None
+
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        try:
+            return super().recv(buflen, flags)
+        except ssl.SSLError as exc:
+            self.read_error = exc
+            raise
+
+
 class NoDelaySocket(AssociationSocket):
-    """pynetdicom's socket wrapper, creating the TCP socket with TCP_NODELAY set."""
+    """pynetdicom's socket wrapper, creating the TCP socket with TCP_NODELAY set.
+
+    Attributes:
+        tcp_socket: the socket that connects: a :class:`RecordingSocket`, or after
+            :meth:`wrap_tls` the :class:`RecordingTLSSocket` over the same descriptor.
+    """
 
     tcp_socket: RecordingSocket | None = None
 
@@ -61,9 +92,25 @@ class NoDelaySocket(AssociationSocket):
         self.tcp_socket = sock
         return sock
 
+    def wrap_tls(self, context: ssl.SSLContext, server_hostname: str) -> None:
+        """Wrap the unconnected TCP socket for TLS; the handshake runs on connect.
+
+        Instead of handing ``tls_args`` to pynetdicom, which would wrap it the same
+        way inside ``connect`` but into a socket that keeps no error.
+        """
+        if self.socket is None:
+            raise ValueError("wrap_tls needs the socket _create_socket made")
+        # Every socket this context wraps records its errors; harmless for any other user.
+        context.sslsocket_class = RecordingTLSSocket
+        wrapped = context.wrap_socket(self.socket, server_side=False, server_hostname=server_hostname)
+        self.socket = self.tcp_socket = cast(RecordingTLSSocket, wrapped)
+
 
 class NoDelayAE(AE):
-    """An AE whose requestor sockets are :class:`NoDelaySocket`; one association each."""
+    """An AE whose requestor sockets are :class:`NoDelaySocket`; one association each.
+
+    ``associate(..., tls_args=(context, server_hostname))`` gives TLS as in pynetdicom.
+    """
 
     last_socket: NoDelaySocket | None = None
 
@@ -71,10 +118,11 @@ class NoDelayAE(AE):
         self,
         assoc: Association,
         address: AddressInformation,
-        tls_args: tuple[SSLContext, str] | None,
+        tls_args: tuple[ssl.SSLContext, str] | None,
     ) -> AssociationSocket:
         sock = NoDelaySocket(assoc, address=address)
-        sock.tls_args = tls_args
+        if tls_args is not None:
+            sock.wrap_tls(*tls_args)  # sock.tls_args stays None: pynetdicom must not wrap again
         self.last_socket = sock
         return sock
 

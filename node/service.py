@@ -2,11 +2,13 @@
 
 The pipeline steps themselves run in the job runner's worker processes.
 
-Start-up order matters for crash safety: migrate the schema, discard partial
-writes from ``tmp/`` (never acknowledged), mark associations left open by a
-previous process as interrupted, then start the monitor (which resumes every
+Start-up order matters for crash safety: migrate the schema, reconcile the
+files with the rows (discard partial writes from ``tmp/``, quarantine files
+written but never recorded, report rows whose file is gone; none of it was
+acknowledged), mark associations left open by a previous process as interrupted, then start the monitor (which resumes every
 receiving study from its stored timers) and the job runner (which resumes every
-unfinished job), and only then accept associations.
+unfinished job), and only then accept associations. A clean stop ends the
+rows of the associations it cut off, so no row stays ``open``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 
 from sqlalchemy import Engine
@@ -29,6 +31,7 @@ from node.scp import StorageSCP
 from storage.database import create_db_engine, make_session_factory, upgrade_to_head
 from storage.filestore import FileStore
 from storage.ingest import interrupt_open_associations, record_node_event
+from storage.reconcile import end_open_associations, reconcile_storage
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +48,24 @@ class Node:
     receiver: InstanceReceiver
     monitor: CompletionMonitor
     runner: JobRunner
+    _stopped: bool = field(default=False, init=False, repr=False)
 
     def stop(self) -> None:
+        """Stop accepting, end the open associations' rows, then stop the workers.
+
+        Idempotent: a test (or a signal handler) may stop a node twice.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
         self.scp.stop()
+        # The listener aborted what was still open; its close handlers may run
+        # late or not at all, so the rows are ended here (a late handler finds
+        # them ended and changes nothing).
+        with self.sessions.begin() as session:
+            cut_off = end_open_associations(session)
+        if cut_off:
+            log.info("associations ended by the stop", extra={"associations_interrupted": cut_off})
         self.receiver.close()
         self.monitor.stop()
         self.runner.stop()
@@ -57,9 +75,15 @@ class Node:
 
 def open_storage(settings: Settings) -> tuple[Engine, sessionmaker[Session], FileStore]:
     """Engine (schema migrated), session factory and file store for ``settings``."""
-    store = FileStore(settings.storage.data_dir, fsync=settings.storage.fsync)
+    store = FileStore(
+        settings.storage.data_dir,
+        fsync=settings.storage.fsync,
+        file_group=settings.storage.file_group,
+    )
     engine = create_db_engine(
-        settings.storage.resolved_database_url(), settings.storage.sqlite_synchronous.value
+        settings.storage.resolved_database_url(),
+        settings.storage.sqlite_synchronous.value,
+        file_group=settings.storage.file_group,
     )
     upgrade_to_head(engine)
     return engine, make_session_factory(engine), store
@@ -67,25 +91,23 @@ def open_storage(settings: Settings) -> tuple[Engine, sessionmaker[Session], Fil
 
 def start_node(settings: Settings) -> Node:
     engine, sessions, store = open_storage(settings)
-    partial = store.clear_tmp()
+    reconciled = reconcile_storage(store, sessions)
     with sessions.begin() as session:
         interrupted = interrupt_open_associations(session)
-        if partial or interrupted:
-            record_node_event(
-                session,
-                "restart_recovery",
-                {"partial_files_removed": partial, "associations_interrupted": interrupted},
-            )
-    log.info(
-        "node starting",
-        extra={"partial_files_removed": partial, "associations_interrupted": interrupted},
-    )
+        recovery = {**reconciled.as_detail(), "associations_interrupted": interrupted}
+        if any(recovery.values()):
+            record_node_event(session, "restart_recovery", recovery)
+    log.info("node starting", extra=recovery)
     runner = JobRunner(settings, sessions, store)
     monitor = CompletionMonitor(
         settings.completion, settings.routing, sessions, settings.selection, on_job=runner.wake
     )
     receiver = InstanceReceiver(
-        store, sessions, settings.storage, extra_keywords=rule_keywords(settings.routing)
+        store,
+        sessions,
+        settings.storage,
+        extra_keywords=rule_keywords(settings.routing),
+        max_dataset_bytes=settings.listener.max_instance_mb * 1024 * 1024,
     )
     scp = StorageSCP(
         settings.listener, settings.peers, receiver, sessions, on_association_closed=monitor.wake

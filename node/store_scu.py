@@ -10,11 +10,18 @@
 * **Transport.** TCP_NODELAY, and the reason a connect failed
   (:mod:`node.scu_transport`); ACSE, DIMSE, network and connect timeouts are
   all the destination's ``timeout_s``.
+* **TLS.** With ``tls.enabled`` the association runs over DICOM TLS
+  (:func:`node.tls.destination_ssl_context`, built per association so renewed
+  certificate files are picked up); the server name checked is ``host``.
 * **Classification.** Permanent: A-ASSOCIATE-RJ "rejected-permanent" (the
   message names the unrecognised calling or called AE title), no accepted
   context, a failure status other than 0xA7xx/0x0213, an unreadable file.
+  A TLS failure is permanent too (cause ``tls-failed``): a certificate not
+  accepted either way, a hostname mismatch, a peer that does not speak TLS;
+  so is a TLS file of ours that cannot be loaded (``tls-config``).
   Transient: connection refused or timed out, "rejected-transient", an abort
-  or a missing response (the association is gone), 0xA7xx "out of resources".
+  or a missing response (the association is gone), 0xA7xx "out of resources",
+  a connection closed during the TLS handshake.
 
 Orthanc 1.10.1 does not reject an unknown calling AE title at association
 time: it accepts the association, then aborts it (A-ABORT) on the first
@@ -26,6 +33,7 @@ as the PACS's modality list is fixed); the message names that likely cause.
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,7 +53,7 @@ from node.delivery_outcome import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from node.scu_transport import NoDelayAE, PeerWatch
+from node.scu_transport import NoDelayAE, PeerWatch, RecordingTLSSocket
 from node.store_contexts import (
     MAX_PRESENTATION_CONTEXTS,
     FileHeader,
@@ -54,6 +62,7 @@ from node.store_contexts import (
     requested_contexts,
 )
 from node.store_status import describe_status, is_delivered, is_transient_status
+from node.tls import destination_ssl_context
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +98,64 @@ def rejection_error(destination: Destination, rejection: A_ASSOCIATE) -> Deliver
     )
 
 
+def tls_error(destination: Destination, error: OSError, *, handshake: bool) -> DeliveryError:
+    """The error for a failed TLS handshake, or a TLS alert on the first read.
+
+    Permanent but for a connection closed mid-handshake: a certificate one side
+    does not accept needs a configuration change on one side before a retry can
+    succeed. A closed connection may be a restart; it is also what a peer without
+    TLS on that port does (DCMTK 3.6.7 resets it), so the message says so.
+    """
+    where = f"{destination.ae_title}@{destination.host}:{destination.port}"
+    when = "TLS handshake with" if handshake else "TLS session with"
+    if not isinstance(error, ssl.SSLError) or isinstance(error, ssl.SSLEOFError):
+        return TransientDeliveryError(
+            destination.name,
+            f"{when} {where} failed: the peer closed the connection "
+            f"({error.strerror or type(error).__name__}); check that it speaks TLS on this port",
+            cause="tls-failed",
+        )
+    if isinstance(error, ssl.SSLCertVerificationError):
+        why = str(error.verify_message)
+        hint = (
+            "the certificate does not name the host; check the destination's host "
+            "or tls.check_hostname"
+            if "mismatch" in why
+            else "check the destination's tls.ca_file"
+        )
+        message = f"the destination's certificate was not accepted ({why}); {hint}"
+    else:
+        reason = str(error.reason or error).lower().replace("_", " ")
+        if "alert" in reason and destination.tls.cert_file is None:
+            message = (
+                f"the destination refused us ({reason}): it wants a client certificate; "
+                "set tls.cert_file and tls.key_file"
+            )
+        elif "alert" in reason:
+            message = (
+                f"the destination refused us ({reason}): check that the CA it trusts "
+                "signed our client certificate (tls.cert_file)"
+            )
+        elif "wrong version number" in reason or "record layer failure" in reason:
+            message = f"{reason}: the destination does not seem to speak TLS on this port"
+        else:
+            message = reason
+    return PermanentDeliveryError(
+        destination.name, f"{when} {where} failed: {message}", cause="tls-failed"
+    )
+
+
 def _not_established_error(
     destination: Destination, ae: NoDelayAE, assoc: Association, watch: PeerWatch, started: float
 ) -> DeliveryError:
     where = f"{destination.host}:{destination.port}"
     tcp_socket = ae.last_socket.tcp_socket if ae.last_socket is not None else None
+    if isinstance(tcp_socket, RecordingTLSSocket):
+        # Refused and timed out are TCP's answers; a reset or EOF came after TCP connected.
+        if isinstance(tcp_socket.connect_error, ssl.SSLError | ConnectionResetError | BrokenPipeError):
+            return tls_error(destination, tcp_socket.connect_error, handshake=True)
+        if tcp_socket.read_error is not None:
+            return tls_error(destination, tcp_socket.read_error, handshake=False)
     if tcp_socket is not None and tcp_socket.connect_error is not None:
         error = tcp_socket.connect_error
         reason = error.strerror or type(error).__name__
@@ -190,6 +252,12 @@ def open_association(
             f"association can carry ({MAX_PRESENTATION_CONTEXTS})",
             cause="too-many-contexts",
         )
+    try:
+        context = destination_ssl_context(destination.tls)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise PermanentDeliveryError(
+            destination.name, f"cannot load the TLS certificates or key: {exc}", cause="tls-config"
+        ) from exc
     # The job runner fills in listener.ae_title; a bare Destination calls as the default title.
     ae = NoDelayAE(ae_title=destination.calling_ae or ListenerSettings().ae_title)
     ae.acse_timeout = destination.timeout_s
@@ -204,6 +272,7 @@ def open_association(
         contexts=contexts,
         ae_title=destination.ae_title,
         evt_handlers=[(evt.EVT_PDU_RECV, watch.on_pdu)],
+        tls_args=(context, destination.host) if context is not None else None,
     )
     if not assoc.is_established:
         raise _not_established_error(destination, ae, assoc, watch, started)

@@ -146,3 +146,48 @@ def test_disk_floor_refuses_with_out_of_resources_and_touches_nothing(receiver_f
     with sessions() as session:
         events = session.execute(select(NodeEvent.kind)).scalars().all()
     assert events.count("disk_low") == 1  # logged once per episode, not per instance
+
+
+def _identity_variants() -> tuple[bytes, bytes, bytes]:
+    """A real instance; one of another patient in the same study; one reusing its series in
+    another study (made from the real file by changing those elements only)."""
+    from tests.fixtures.malformed import element, load_base
+
+    folder = require_shared_data() / "siemens_prisma_E11_t1_fl2d_sag_HFS"
+    first, second, third = sorted(folder.iterdir())[:3]
+    original = load_base(first)
+    other_patient = load_base(second)
+    other_patient_body = other_patient.replaced(
+        0x00100020, element(0x0010, 0x0020, "LO", b"ANOTHER-PATIENT")
+    )
+    other_study = load_base(third)
+    other_study_body = other_study.replaced(
+        0x0020000D, element(0x0020, 0x000D, "UI", b"1.2.826.0.1.3680043.8.498.777")
+    )
+    return (
+        original.file(),
+        other_patient.file(other_patient_body),
+        other_study.file(other_study_body),
+    )
+
+
+def test_another_patients_instance_never_joins_a_study(receiver_for) -> None:
+    receiver, sessions, store = receiver_for()
+    original, other_patient, other_study = _identity_variants()
+    assert _send(receiver, original) == 0
+    assert _send(receiver, other_patient) == 0xC212
+    assert _send(receiver, other_study) == 0xC212
+    with sessions() as session:
+        assert len(session.execute(select(Instance)).all()) == 1
+        assert len(session.execute(select(Study)).all()) == 1
+        reasons = sorted(session.execute(select(QuarantinedInstance.reason)).scalars())
+        kinds = session.execute(
+            select(NodeEvent.kind).where(NodeEvent.kind == "identity_conflict")
+        ).scalars().all()
+    assert reasons == [
+        "Series Instance UID already recorded under another study",
+        "Study Instance UID already recorded for another patient",
+    ]
+    assert len(kinds) == 2
+    # Nothing of the refused instances under store/: one file, the original.
+    assert len([path for path in store.store_root.rglob("*.dcm")]) == 1

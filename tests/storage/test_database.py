@@ -153,3 +153,35 @@ def test_migrations_create_exactly_what_the_models_declare(database_url: str) ->
             if not (isinstance(diff, tuple) and diff[0] == "remove_table" and diff[1].name == "alembic_version")
         ]
     assert differences == []
+
+
+def test_recording_refuses_to_merge_two_patients_or_two_studies(database_url: str) -> None:
+    """The transaction-time check behind the receiver's pre-check (two senders racing)."""
+    from dataclasses import replace
+
+    from storage.errors import IdentityConflictError
+    from storage.instance_writer import InstanceWriter
+
+    engine = create_db_engine(database_url)
+    upgrade_to_head(engine)
+    sessions = make_session_factory(engine)
+    first = replace(_record("1.2.3.1.1"), patient_key="a" * 32)
+    with sessions.begin() as session:
+        record_instance(session, first)
+    with pytest.raises(IdentityConflictError, match="another patient"), sessions.begin() as session:
+        record_instance(session, replace(_record("1.2.3.1.2"), patient_key="b" * 32))
+    with pytest.raises(IdentityConflictError, match="another study"), sessions.begin() as session:
+        record_instance(session, replace(_record("1.2.3.1.3", study="1.2.4"), patient_key="a" * 32))
+    # Through the batching writer, whose series cache must not hide the conflict.
+    writer = InstanceWriter(sessions)
+    try:
+        writer.record(replace(_record("1.2.3.1.4"), patient_key="a" * 32))
+        with pytest.raises(IdentityConflictError):
+            writer.record(replace(_record("1.2.3.1.5", study="1.2.4"), patient_key="a" * 32))
+    finally:
+        writer.stop()
+    with sessions() as session:
+        assert session.execute(select(Instance.sop_instance_uid)).scalars().all() == [
+            "1.2.3.1.1", "1.2.3.1.4"
+        ]
+        assert session.execute(select(Study.study_instance_uid)).scalars().all() == ["1.2.3"]
