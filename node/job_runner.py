@@ -86,7 +86,9 @@ class JobRunner:
         self._settings = settings
         self._sessions = sessions
         self._store = store
-        self._pool = pool or WorkerPool(settings.jobs.workers)
+        self._pool = pool or WorkerPool(
+            settings.jobs.workers, settings.logging.level, settings.logging.format
+        )
         self._step_settings = StepSettings.from_settings(settings)
         self._inference_lock = threading.Lock()
         self._claimed: set[int] = set()

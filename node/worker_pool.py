@@ -21,6 +21,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import ParamSpec, TypeVar
 
 from node.errors import NodeError
+from node.logs import configure_logging
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -40,6 +41,18 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _start_worker(log_level: str, log_format: str) -> None:
+    """Runs first in every worker: die with the node, log like the node.
+
+    Why the logging: a spawned process starts with Python's defaults, so pydicom's
+    value-quoting warnings and a step's own lines would reach the node's stderr
+    as raw text. The same setup as ``segnode serve`` makes them JSON, with
+    third-party text withheld.
+    """
+    _die_with_parent()
+    configure_logging(log_level, log_format)
+
+
 class WorkerCrashedError(NodeError):
     """A worker process died while running a step (transient: the step may run again)."""
 
@@ -51,8 +64,9 @@ class StepTimeoutError(NodeError, TimeoutError):
 class WorkerPool:
     """``workers`` spawned processes; :meth:`run` blocks until one has answered."""
 
-    def __init__(self, workers: int = 1) -> None:
+    def __init__(self, workers: int = 1, log_level: str = "INFO", log_format: str = "json") -> None:
         self._workers = workers
+        self._log_settings = (log_level, log_format)
         self._lock = threading.Lock()
         self._pool = self._new_pool()
 
@@ -60,7 +74,8 @@ class WorkerPool:
         return ProcessPoolExecutor(
             max_workers=self._workers,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=_die_with_parent,
+            initializer=_start_worker,
+            initargs=self._log_settings,
         )
 
     def run(

@@ -70,3 +70,28 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def _log_like_a_step_reading_hostile_bytes() -> int:
+    import logging
+    import warnings
+
+    warnings.warn("The value length (911) exceeds ... CANARY^PATIENT", UserWarning, stacklevel=1)
+    logging.getLogger("pydicom").warning("Invalid value for VR UI: 'CANARY^PATIENT'")
+    logging.getLogger("pipeline.steps").info("step line from a worker")
+    return os.getpid()
+
+
+def test_workers_log_json_with_third_party_text_withheld(capfd: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    pool = WorkerPool(1, "INFO", "json")
+    try:
+        assert pool.run(60, _log_like_a_step_reading_hostile_bytes) != os.getpid()
+    finally:
+        pool.close()
+    err = capfd.readouterr().err
+    lines = [json.loads(line) for line in err.splitlines() if line.strip()]
+    assert "CANARY" not in err
+    assert any(line.get("logger") == "pipeline.steps" for line in lines)
+    assert sum("withheld" in line["message"] for line in lines) >= 2
