@@ -24,7 +24,7 @@ from node.dicom_header import DEFAULT_MAX_DATASET_BYTES, InstanceHeader, read_in
 from node.errors import InvalidInstanceError
 from node.logs import quiet_pydicom_reading
 from storage.database import read_only_session
-from storage.errors import IdentityConflictError, UnsafeUidError
+from storage.errors import DiskFloorError, IdentityConflictError, UnsafeUidError
 from storage.filestore import FileStore, check_uid
 from storage.ingest import (
     InstanceRecord,
@@ -139,8 +139,31 @@ class InstanceReceiver:
         context_sop_class_uid: str | None,
         sender: Sender,
     ) -> StoreOutcome:
-        if not self._enough_disk(sender):
+        # The instance's size is reserved against the floor for the whole receive
+        # (store or quarantine copy): concurrent associations cannot overshoot it.
+        try:
+            with self._store.reserve(len(file_bytes), self._settings.min_free_disk_mb):
+                self._disk_recovered()
+                return self._validate_and_store(
+                    file_bytes,
+                    command_sop_class_uid=command_sop_class_uid,
+                    command_sop_instance_uid=command_sop_instance_uid,
+                    context_sop_class_uid=context_sop_class_uid,
+                    sender=sender,
+                )
+        except DiskFloorError as exc:
+            self._disk_below_floor(exc, sender)
             return StoreOutcome(STATUS_OUT_OF_RESOURCES, "free disk space below the floor")
+
+    def _validate_and_store(
+        self,
+        file_bytes: bytes,
+        *,
+        command_sop_class_uid: str,
+        command_sop_instance_uid: str,
+        context_sop_class_uid: str | None,
+        sender: Sender,
+    ) -> StoreOutcome:
         try:
             header = read_instance_header(
                 file_bytes,
@@ -217,17 +240,24 @@ class InstanceReceiver:
             )
         return StoreOutcome(STATUS_IDENTITY_CONFLICT, reason)
 
-    def _enough_disk(self, sender: Sender) -> bool:
+    def _disk_recovered(self) -> None:
+        if self._disk_low:
+            self._disk_low = False
+            log.warning(
+                "free disk space back above the floor", extra={"free_mb": int(self._store.free_mb())}
+            )
+
+    def _disk_below_floor(self, exc: DiskFloorError, sender: Sender) -> None:
         floor_mb = self._settings.min_free_disk_mb
-        free_mb = self._store.free_mb()
-        if free_mb >= floor_mb:
-            if self._disk_low:
-                self._disk_low = False
-                log.warning("free disk space back above the floor", extra={"free_mb": int(free_mb)})
-            return True
+        free_mb = int(exc.free_mb)
         log.warning(
             "refusing C-STORE: free disk space below the floor",
-            extra={"free_mb": int(free_mb), "floor_mb": floor_mb, "calling_ae": sender.calling_ae},
+            extra={
+                "free_mb": free_mb,
+                "reserved_mb": int(exc.reserved_mb),
+                "floor_mb": floor_mb,
+                "calling_ae": sender.calling_ae,
+            },
         )
         if not self._disk_low:
             self._disk_low = True
@@ -235,10 +265,9 @@ class InstanceReceiver:
                 record_node_event(
                     session,
                     "disk_low",
-                    {"free_mb": int(free_mb), "floor_mb": floor_mb},
+                    {"free_mb": free_mb, "floor_mb": floor_mb},
                     association_id=sender.association_id,
                 )
-        return False
 
     def _store_and_record(
         self, file_bytes: bytes, header: InstanceHeader, sender: Sender

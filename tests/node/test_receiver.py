@@ -191,3 +191,44 @@ def test_another_patients_instance_never_joins_a_study(receiver_for) -> None:
     assert len(kinds) == 2
     # Nothing of the refused instances under store/: one file, the original.
     assert len([path for path in store.store_root.rglob("*.dcm")]) == 1
+
+
+def test_a_refusal_on_a_full_disk_still_leaves_its_row(tmp_path: Path, make_settings) -> None:
+    """A real ENOSPC (a tmpfs data dir whose inodes are used up, the database elsewhere): the
+    quarantine copy cannot be written, nothing is left in tmp/, the row and event still say
+    what happened. (Bytes are plentiful, so the disk-floor reservation lets the write try.)"""
+    import subprocess
+
+    from node.service import open_storage
+
+    data_dir = tmp_path / "tiny"
+    data_dir.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,nr_inodes=64", "tmpfs", str(data_dir)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"TMPFS MOUNT NOT PERMITTED (quarantine ENOSPC test skipped): {mounted.stderr.strip()}")
+    try:
+        settings = make_settings(storage={
+            "data_dir": str(data_dir), "min_free_disk_mb": 0,
+            "database_url": f"sqlite:///{tmp_path / 'segnode.db'}",
+        })
+        _engine, sessions, store = open_storage(settings)
+        receiver = InstanceReceiver(store, sessions, settings.storage)
+        source = _files("siemens_prisma_E11_t1_fl2d_sag_HFS")[0].read_bytes()
+        fillers = data_dir / "fillers"
+        fillers.mkdir()
+        with pytest.raises(OSError, match="No space left"):
+            for number in range(1000):
+                (fillers / str(number)).touch()
+        truncated = source[:-100]
+        outcome = receiver.receive(truncated, command_sop_class_uid="1.2.840.10008.5.1.4.1.1.4",
+                                   command_sop_instance_uid="1.2.3.4", sender=SENDER)
+        assert outcome.status == 0xC210
+        with sessions() as session:
+            row = session.execute(select(QuarantinedInstance)).scalar_one()
+            kinds = session.execute(select(NodeEvent.kind)).scalars().all()
+        assert row.file_path is None and "quarantine copy not kept" in row.reason
+        assert "instance_quarantined" in kinds
+        assert list(store.tmp_root.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(data_dir)], check=True)
