@@ -7,6 +7,7 @@ global state. Tests call these commands through typer's ``CliRunner``.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
@@ -48,6 +49,9 @@ def serve(
     }
     settings = settings_or_exit(config, data_dir, {"listener": listener} if listener else {})
     configure_logging(settings.logging.level, settings.logging.format)
+    # Everything the node and its workers write (job folders included, which are not
+    # made through FileStore) is private: owner only, or group-readable with file_group.
+    os.umask(0o027 if settings.storage.file_group else 0o077)
     serve_forever(settings)
 
 

@@ -3,13 +3,16 @@
 Why these settings: SQLite is the embedded default, so it runs in WAL mode
 (readers never block the listener's writers), with a busy timeout and
 ``BEGIN IMMEDIATE`` so concurrent associations queue for the write lock instead
-of failing with "database is locked". PostgreSQL needs none of that. The schema
-is owned by Alembic; ``upgrade_to_head`` is what ``segnode db upgrade`` and
+of failing with "database is locked". The database file and its ``-wal`` and
+``-shm`` hold patient attributes: they get the node's private modes
+(:class:`~storage.filestore.FileModes`), not the umask's. PostgreSQL needs
+none of that. The schema is owned by Alembic; ``upgrade_to_head`` is what ``segnode db upgrade`` and
 ``segnode serve`` run.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,24 +26,78 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.errors import DatabaseSchemaError
+from storage.filestore import FileModes
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 READ_ONLY_OPTION = "segnode_read_only"
 
 
-def create_db_engine(url: str, sqlite_synchronous: str = "FULL") -> Engine:
-    """Create the engine for ``url``; SQLite gets WAL and immediate transactions."""
+def create_db_engine(url: str, sqlite_synchronous: str = "FULL", file_group: str = "") -> Engine:
+    """Create the engine for ``url``; SQLite gets WAL and immediate transactions.
+
+    Args:
+        url: SQLAlchemy URL.
+        sqlite_synchronous: ``PRAGMA synchronous`` for SQLite.
+        file_group: ``storage.file_group``: the SQLite files become 0640 for that
+            group; empty means 0600.
+
+    Raises:
+        FileGroupError: ``file_group`` is not a known group.
+    """
     if url.startswith("sqlite"):
-        database_file = url.split("///", 1)[-1]
+        database_file = url.split("///", 1)[1].split("?", 1)[0] if "///" in url else ""
+        modes = FileModes.for_group(file_group)
         if database_file and database_file != ":memory:":
-            Path(database_file).parent.mkdir(parents=True, exist_ok=True)
+            _prepare_sqlite_file(Path(database_file), modes)
         engine = create_engine(
             url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
         )
         _configure_sqlite(engine, sqlite_synchronous)
+        if database_file and database_file != ":memory:":
+            _keep_sidecars_private(engine, Path(database_file), modes)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+
+
+def _prepare_sqlite_file(database: Path, modes: FileModes) -> None:
+    """Create the database file ourselves, so SQLite never creates it with 0644.
+
+    An empty file is a valid empty SQLite database. An existing one (from an
+    older version) is tightened. SQLite creates ``-wal`` and ``-shm`` with the
+    database file's mode.
+    """
+    modes.make_dirs(database.parent)
+    try:
+        os.close(modes.create_file(database))
+    except FileExistsError:
+        modes.apply_file(database)
+    for sidecar in _sidecars(database):
+        if sidecar.exists():
+            modes.apply_file(sidecar)
+
+
+def _sidecars(database: Path) -> tuple[Path, Path]:
+    return database.with_name(database.name + "-wal"), database.with_name(database.name + "-shm")
+
+
+def _keep_sidecars_private(engine: Engine, database: Path, modes: FileModes) -> None:
+    """Hand ``-wal``/``-shm`` to the configured group whenever a connection (re)creates them.
+
+    SQLite copies the database file's mode to them but, unless running as
+    root, not its group. They are created when the first connection opens the
+    database (and removed after the last closes), i.e. on a "connect" event.
+    """
+    if modes.gid is None:
+        return
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(_dbapi_connection: Any, _record: Any) -> None:
+        for sidecar in _sidecars(database):
+            try:
+                modes.apply_file(sidecar)
+            except FileNotFoundError:
+                continue
 
 
 def _configure_sqlite(engine: Engine, synchronous: str) -> None:

@@ -66,3 +66,36 @@ def test_malformed_variants_over_the_wire_are_refused_and_never_logged(tmp_path:
     assert "instance quarantined" in text
     for canary in CANARY_STRINGS:
         assert canary not in text, f"{canary} leaked into the log"
+
+
+def test_serve_writes_nothing_others_can_read(tmp_path: Path) -> None:
+    """Under a permissive umask, `segnode serve` leaves no file or folder readable by others."""
+    import os
+    import stat
+
+    config = tmp_path / "node.toml"
+    config.write_text("[storage]\nmin_free_disk_mb = 1\n[jobs]\nenabled = false\n")
+    data_dir = tmp_path / "data"
+    previous = os.umask(0o022)
+    try:
+        node = NodeProcess(config, data_dir, free_port(), tmp_path / "node.log").start()
+    finally:
+        os.umask(previous)
+    try:
+        good = sorted((require_shared_data() / "philips_elitionx_phantom_T1W_FFE_classic").iterdir())[:2]
+        assert storescu(node.port, good).returncode == 0
+        import pydicom
+
+        broken = tmp_path / "broken.dcm"
+        dataset = pydicom.dcmread(good[0])
+        del dataset.StudyInstanceUID
+        dataset.save_as(broken)
+        storescu(node.port, [broken])
+    finally:
+        node.stop()
+    paths = [data_dir, *data_dir.rglob("*")]
+    assert any(path.suffix == ".dcm" and "quarantine" in path.parts for path in paths)
+    assert any(path.name == "segnode.db" for path in paths)
+    for path in paths:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode & 0o077 == 0, f"{path.relative_to(tmp_path)} is {oct(mode)}"
