@@ -42,7 +42,8 @@ def check_uid(uid: str) -> str:
     safe to use as a file name.
     """
     if not uid or len(uid) > 64 or not _UID_PATTERN.match(uid):
-        raise UnsafeUidError(f"not a valid DICOM UID: {uid[:80]!r}")
+        # Never quote it: an overrunning "UID" carries the elements after it (patient data).
+        raise UnsafeUidError(f"not a valid DICOM UID ({len(uid)} characters)")
     return uid
 
 

@@ -8,7 +8,6 @@ every test takes a few seconds.
 
 from __future__ import annotations
 
-import os
 import random
 import socket
 import ssl
@@ -38,6 +37,7 @@ from node.connection_guard import ConnectionState
 from node.service import Node
 from storage.models import NodeEvent
 from tests.helpers import dcmtk_env, require_tool, wait_for
+from tests.tls_certs import make_tls_certs
 
 FAST = {"association_request_timeout_s": 1.0, "pdu_read_timeout_s": 1.0}
 
@@ -339,29 +339,11 @@ class Certs:
         return context
 
 
-def _openssl(*args: str) -> None:
-    subprocess.run([require_tool("openssl"), *args], check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     """A throw-away CA, a server certificate for 127.0.0.1/localhost and a client certificate."""
-    folder = tmp_path_factory.mktemp("tls")
-    ca_key, ca = folder / "ca.key", folder / "ca.crt"
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca),
-             "-days", "2", "-subj", "/CN=segnode test CA")
-    names = folder / "san.cnf"
-    names.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    made = {}
-    for role in ("server", "client"):
-        key, csr, cert = folder / f"{role}.key", folder / f"{role}.csr", folder / f"{role}.crt"
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
-                 "-subj", f"/CN={'localhost' if role == 'server' else 'LEGIT'}")
-        _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
-                 "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(names))
-        os.chmod(key, 0o600)
-        made[role] = (cert, key)
-    return Certs(ca, made["server"][0], made["server"][1], made["client"][0], made["client"][1])
+    made = make_tls_certs(tmp_path_factory.mktemp("tls"))
+    return Certs(made.ca_cert, made.server_cert, made.server_key, made.client_cert, made.client_key)
 
 
 @pytest.fixture
