@@ -55,15 +55,10 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import ListenerSettings, Peer
-from node.connection_guard import (
-    ConnectionGuard,
-    GuardedAssociationServer,
-    GuardLimits,
-    connection_of,
-    pynetdicom_association_limit,
-)
+from node.connection_guard import ConnectionGuard, GuardLimits, pynetdicom_association_limit
 from node.dicom_header import STATUS_SOP_CLASS_NOT_SUPPORTED, quoted_uid
 from node.file_meta import part10_bytes
+from node.guarded_transport import GuardedAssociationServer, connection_of
 from node.logs import log_context
 from node.negotiation import contexts_preferring_sender
 from node.receiver import STATUS_PROCESSING_FAILURE, InstanceReceiver, Sender
