@@ -235,6 +235,27 @@ def test_oversized_pdata_on_an_association_aborts_it(start) -> None:
     echo(node.scp.port)
 
 
+def test_slowloris_on_an_established_association_is_dropped(start) -> None:
+    """After acceptance the PDU deadline still holds: half a P-DATA-TF, then one byte at a time."""
+    node = start(listener={"pdu_read_timeout_s": 1.0, "network_timeout_s": 120.0})
+    assoc = associate(node.scp.port)
+    assert assoc.is_established
+    raw = assoc.dul.socket.socket
+    started = time.monotonic()
+    raw.sendall(b"\x04\x00\x00\x00\x00\x40")  # a P-DATA-TF header declaring 64 bytes
+    for _ in range(10):
+        if assoc.is_aborted:
+            break
+        try:
+            raw.send(b"\x00")
+        except OSError:
+            break
+        time.sleep(0.3)
+    wait_for(lambda: assoc.is_aborted or not assoc.is_established, 3.0, "the node to drop it")
+    assert time.monotonic() - started < 3.5
+    echo(node.scp.port)
+
+
 def test_dataset_larger_than_max_instance_mb_aborts_the_association(start) -> None:
     node = start(listener={"max_instance_mb": 1})
     ds = Dataset()
