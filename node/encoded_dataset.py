@@ -87,13 +87,17 @@ class _Walker:
         self.implicit_vr = implicit_vr
         self.endian = "<" if little_endian else ">"
         self.layout = DatasetLayout()
+        # Precompiled: the walk runs a few thousand times per instance on the receive path.
+        self._pair = struct.Struct(self.endian + "HH").unpack_from
+        self._long = struct.Struct(self.endian + "L").unpack_from
+        self._short = struct.Struct(self.endian + "H").unpack_from
 
     def _tag_at(self, offset: int) -> int:
-        group, element = struct.unpack_from(self.endian + "HH", self.data, offset)
+        group, element = self._pair(self.data, offset)
         return int((group << 16) | element)
 
     def _u32(self, offset: int) -> int:
-        return int(struct.unpack_from(self.endian + "L", self.data, offset)[0])
+        return int(self._long(self.data, offset)[0])
 
     def _need(self, offset: int, size: int, end: int, what: str) -> None:
         if offset + size > end:
@@ -154,7 +158,7 @@ class _Walker:
                 length = self._u32(offset + 8)
                 offset += 12
             elif vr in _SHORT_LENGTH_VRS:
-                length = int(struct.unpack_from(self.endian + "H", self.data, offset + 6)[0])
+                length = int(self._short(self.data, offset + 6)[0])
                 offset += 8
             else:
                 raise MalformedDatasetError(
