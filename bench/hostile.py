@@ -38,26 +38,14 @@ from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.helpers import free_port, wait_for_port  # noqa: E402
+
 DATA = REPO.parent / "shared" / "data" / "dicom"
 STORE_FILE = DATA / "philips_ingenia_elitionx_3T_sag3D_MPRAGE_classic"
 ATTACK_ADDRESSES = [f"127.0.0.{n}" for n in range(2, 7)]
 KINDS = ["half_rq", "slowloris", "idle", "big_pdata"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"port {port} never opened")
 
 
 def vm_rss_mib(pid: int) -> float:
@@ -207,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
             cwd=REPO, env={**os.environ, "TCP_NODELAY": "1"}, stdout=log, stderr=log,
         )
         try:
-            wait_for_port(port)
+            wait_for_port(port, timeout_s=60)
             time.sleep(1.0)
             rss_start = vm_rss_mib(node.pid)
             base_echo = [legit_echo(port) for _ in range(10)]

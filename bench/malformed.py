@@ -25,8 +25,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.hostile import free_port, vm_rss_mib, wait_for_port  # noqa: E402
+from bench.hostile import vm_rss_mib  # noqa: E402
 from tests.fixtures.malformed import send_over_the_wire, variants  # noqa: E402
+from tests.helpers import free_port, wait_for_port  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
             cwd=REPO, stdout=log, stderr=log,
         )
         try:
-            wait_for_port(port)
+            wait_for_port(port, timeout_s=60)
             rss_start = vm_rss_mib(node.pid)
             statuses: collections.Counter[str] = collections.Counter()
             wrongly_stored: set[str] = set()

@@ -142,13 +142,13 @@ def capture_attributes(dataset: Dataset, keywords: tuple[str, ...]) -> dict[str,
     return captured
 
 
-def _with_enhanced(dataset: Dataset, captured: dict[str, Any]) -> dict[str, Any]:
+def _with_enhanced(dataset: Dataset, sop_class: str, captured: dict[str, Any]) -> dict[str, Any]:
     """Enhanced MR keeps TR/TE/TI in functional groups: capture them under the classic names.
 
     The functional groups must be sequences that decode: conversion reads the
     per-frame geometry from them, so an instance without readable groups is refused.
     """
-    if captured.get("SOPClassUID", str(_value(dataset, "SOPClassUID"))) != ENHANCED_MR_STORAGE:
+    if sop_class != ENHANCED_MR_STORAGE:
         return captured
     for keyword in _FUNCTIONAL_GROUPS:
         if keyword not in dataset:
@@ -353,6 +353,6 @@ def read_instance_header(
         modality=_optional_text(dataset, "Modality", 16),
         series_number=_optional_int(dataset, "SeriesNumber"),
         series_description=_optional_text(dataset, "SeriesDescription", 128),
-        attributes=_with_enhanced(dataset, captured),
+        attributes=_with_enhanced(dataset, sop_class, captured),
         patient_key=patient_key(dataset),
     )

@@ -115,30 +115,6 @@ class InstanceReceiver:
         Never raises: whatever goes wrong becomes a failure status, and the
         bytes are kept in quarantine where that is still possible.
         """
-        try:
-            return self._receive(
-                file_bytes,
-                command_sop_class_uid=command_sop_class_uid,
-                command_sop_instance_uid=command_sop_instance_uid,
-                context_sop_class_uid=context_sop_class_uid,
-                sender=sender,
-            )
-        except Exception as exc:  # noqa: BLE001 - the listener must keep serving
-            # The exception's text may quote dataset values: log its type only.
-            reason = f"internal error while receiving ({type(exc).__name__})"
-            log.error("C-STORE failed: %s", reason, extra={"calling_ae": sender.calling_ae})
-            self._quarantine_safely(file_bytes, reason, STATUS_PROCESSING_FAILURE, sender)
-            return StoreOutcome(STATUS_PROCESSING_FAILURE, reason)
-
-    def _receive(
-        self,
-        file_bytes: bytes,
-        *,
-        command_sop_class_uid: str,
-        command_sop_instance_uid: str,
-        context_sop_class_uid: str | None,
-        sender: Sender,
-    ) -> StoreOutcome:
         # The instance's size is reserved against the floor for the whole receive
         # (store or quarantine copy): concurrent associations cannot overshoot it.
         try:
@@ -154,6 +130,12 @@ class InstanceReceiver:
         except DiskFloorError as exc:
             self._disk_below_floor(exc, sender)
             return StoreOutcome(STATUS_OUT_OF_RESOURCES, "free disk space below the floor")
+        except Exception as exc:  # noqa: BLE001 - the listener must keep serving
+            # The exception's text may quote dataset values: log its type only.
+            reason = f"internal error while receiving ({type(exc).__name__})"
+            log.error("C-STORE failed: %s", reason, extra={"calling_ae": sender.calling_ae})
+            self._quarantine_safely(file_bytes, reason, STATUS_PROCESSING_FAILURE, sender)
+            return StoreOutcome(STATUS_PROCESSING_FAILURE, reason)
 
     def _validate_and_store(
         self,
@@ -261,13 +243,16 @@ class InstanceReceiver:
         )
         if not self._disk_low:
             self._disk_low = True
-            with self._sessions.begin() as session:
-                record_node_event(
-                    session,
-                    "disk_low",
-                    {"free_mb": free_mb, "floor_mb": floor_mb},
-                    association_id=sender.association_id,
-                )
+            try:
+                with self._sessions.begin() as session:
+                    record_node_event(
+                        session,
+                        "disk_low",
+                        {"free_mb": free_mb, "floor_mb": floor_mb},
+                        association_id=sender.association_id,
+                    )
+            except Exception as event_error:  # noqa: BLE001 - the refusal still goes out
+                log.error("could not record disk_low (%s)", type(event_error).__name__)
 
     def _store_and_record(
         self, file_bytes: bytes, header: InstanceHeader, sender: Sender

@@ -236,21 +236,6 @@ PresentationContexts = MROnly
 """
 
 
-@pytest.fixture
-def storescp(tmp_path: Path) -> Iterator[Callable[..., Storescp]]:
-    """Start storescp peers with the given options; all are stopped at teardown."""
-    started: list[Storescp] = []
-
-    def launch(*options: str) -> Storescp:
-        peer = Storescp(tmp_path / f"storescp{len(started)}", *options)
-        started.append(peer)
-        return peer
-
-    yield launch
-    for peer in started:
-        peer.stop()
-
-
 @pytest.mark.dcmtk
 def test_storescp_receives_the_files_exactly_as_they_are(storescp: Callable[..., Storescp], results: list[Path]) -> None:
     peer = storescp("+B", "+xa")  # +B: writes the dataset bytes as received; +xa: every syntax

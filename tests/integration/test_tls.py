@@ -15,7 +15,7 @@ from __future__ import annotations
 import socket
 import ssl
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,20 +68,6 @@ def _tls_storescp_options(pki: TlsCerts, peer_auth: str) -> tuple[str, ...]:
     chains to ``+cf`` (DCMTK's default), ``-vc`` verify one when offered.
     """
     return ("+tls", str(pki.server_key), str(pki.server_cert), "-pw", "+cf", str(pki.ca_cert), peer_auth)
-
-
-@pytest.fixture
-def storescp(tmp_path: Path) -> Iterator[Callable[..., Storescp]]:
-    started: list[Storescp] = []
-
-    def launch(*options: str) -> Storescp:
-        peer = Storescp(tmp_path / f"storescp{len(started)}", *options)
-        started.append(peer)
-        return peer
-
-    yield launch
-    for peer in started:
-        peer.stop()
 
 
 def _tls(peer: Storescp, **tls: Any) -> Destination:

@@ -13,12 +13,23 @@ import logging
 import pytest
 from sqlalchemy import select
 
-from node.receiver import Sender
+from node.receiver import InstanceReceiver, Sender, StoreOutcome
 from storage.models import Instance, NodeEvent, QuarantinedInstance, Series
-from tests.fixtures.malformed import CANARY_STRINGS, variants
+from tests.fixtures.malformed import CANARY_STRINGS, Variant, variants
 from tests.helpers import require_shared_data
 
 SENDER = Sender(association_id=None, calling_ae="MODALITY", called_ae="SEGNODE")
+
+
+def _send(receiver: InstanceReceiver, case: Variant) -> StoreOutcome:
+    """The variant as the listener hands it over: its own command UIDs and context."""
+    return receiver.receive(
+        case.data,
+        command_sop_class_uid=case.command_sop_class_uid,
+        command_sop_instance_uid=case.command_sop_instance_uid,
+        context_sop_class_uid=case.context_sop_class_uid,
+        sender=SENDER,
+    )
 
 
 def test_every_malformed_variant_is_refused_quarantined_and_recorded(
@@ -32,13 +43,7 @@ def test_every_malformed_variant_is_refused_quarantined_and_recorded(
     for case in cases:
         with sessions() as session:
             quarantined_before = len(session.execute(select(QuarantinedInstance.id)).all())
-        outcome = receiver.receive(
-            case.data,
-            command_sop_class_uid=case.command_sop_class_uid,
-            command_sop_instance_uid=case.command_sop_instance_uid,
-            context_sop_class_uid=case.context_sop_class_uid,
-            sender=SENDER,
-        )
+        outcome = _send(receiver, case)
         with sessions() as session:
             rows = session.execute(
                 select(QuarantinedInstance).order_by(QuarantinedInstance.id)
@@ -86,13 +91,7 @@ def test_undecodable_series_number_is_stored_as_absent(receiver_for) -> None:
     receiver, sessions, _ = receiver_for()
     by_name = {case.name: case for case in variants(require_shared_data().parent)}
     case = by_name["series_number_abc"]
-    outcome = receiver.receive(
-        case.data,
-        command_sop_class_uid=case.command_sop_class_uid,
-        command_sop_instance_uid=case.command_sop_instance_uid,
-        context_sop_class_uid=case.context_sop_class_uid,
-        sender=SENDER,
-    )
+    outcome = _send(receiver, case)
     assert outcome.status == 0
     with sessions() as session:
         assert session.execute(select(Series.series_number)).scalar_one() is None

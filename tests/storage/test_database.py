@@ -18,30 +18,10 @@ from storage.database import (
     upgrade_to_head,
 )
 from storage.errors import DatabaseSchemaError
-from storage.ingest import InstanceRecord, record_instance
+from storage.ingest import record_instance
 from storage.jobs import append_job_event, create_job
 from storage.models import Instance, JobEvent, Series, Study, StudyState
-
-
-def _record(sop: str, series: str = "1.2.3.1", study: str = "1.2.3", when: datetime | None = None) -> InstanceRecord:
-    return InstanceRecord(
-        study_instance_uid=study,
-        series_instance_uid=series,
-        sop_instance_uid=sop,
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.4",
-        transfer_syntax_uid="1.2.840.10008.1.2.1",
-        modality="MR",
-        series_number=3,
-        series_description="t1_mprage",
-        attributes={"Modality": "MR", "ImageType": ["ORIGINAL", "PRIMARY"]},
-        size_bytes=1000,
-        sha256="0" * 64,
-        file_path=f"{study}/{series}/{sop}.dcm",
-        calling_ae="PACS",
-        called_ae="SEGNODE",
-        association_id=None,
-        received_at=when or datetime.now(UTC),
-    )
+from tests.storage.records import instance_record as _record
 
 
 def test_migrations_reach_head_and_are_idempotent(database_url: str) -> None:

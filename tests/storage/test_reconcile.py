@@ -32,6 +32,7 @@ from storage.reconcile import (
     reconcile_storage,
 )
 from tests.helpers import require_shared_data
+from tests.storage.records import instance_record
 
 
 def _query(data_dir: Path, sql: str) -> list[tuple[Any, ...]]:
@@ -100,23 +101,12 @@ def test_restart_quarantines_orphans_and_reports_missing_files(
 
 def _record(index: int) -> InstanceRecord:
     study, series, sop = "1.2.3", f"1.2.3.{index // 500}", f"1.2.3.4.{index}"
-    return InstanceRecord(
-        study_instance_uid=study,
-        series_instance_uid=series,
-        sop_instance_uid=sop,
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.4",
-        transfer_syntax_uid="1.2.840.10008.1.2.1",
-        modality="MR",
+    return replace(
+        instance_record(sop, series, study),
         series_number=index // 500,
         series_description="t1",
         attributes={},
         size_bytes=4,
-        sha256="0" * 64,
-        file_path=f"{study}/{series}/{sop}.dcm",
-        calling_ae="PACS",
-        called_ae="SEGNODE",
-        association_id=None,
-        received_at=datetime.now(UTC),
     )
 
 
