@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
         port = free_port()
         log = open(Path(workdir) / "node.log", "wb")
         node = subprocess.Popen(
-            [sys.executable, "-m", "node.cli", "serve", "--data-dir", str(Path(workdir) / "data"),
+            [sys.executable, "-m", "segnode.node.cli", "serve", "--data-dir", str(Path(workdir) / "data"),
              "--port", str(port)],
             cwd=REPO, env={**os.environ, "TCP_NODELAY": "1"}, stdout=log, stderr=log,
         )

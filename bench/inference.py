@@ -35,8 +35,8 @@ SHAPES = {"full 240x240x160": (240, 240, 160), "cropped 160x192x128": (160, 192,
 def _run(filters: int, shape: tuple[int, int, int], tta: bool, threads: int, device_name: str, queue: Any) -> None:
     import torch
 
-    from pipeline.model.manifest import ArchitectureSpec
-    from pipeline.model.network import build_network, segmentation_logits
+    from segnode.pipeline.model.manifest import ArchitectureSpec
+    from segnode.pipeline.model.network import build_network, segmentation_logits
 
     torch.set_num_threads(threads)
     device = torch.device(device_name)
@@ -70,9 +70,9 @@ def _run_model(model_id: str, tta: bool, threads: int, device_name: str, queue: 
     import numpy as np
     import torch
 
-    from pipeline.model.inference import choose_roi, predict_regions
-    from pipeline.model.registry import node_registry
-    from pipeline.model.resolution import coarse_shape
+    from segnode.pipeline.model.inference import choose_roi, predict_regions
+    from segnode.pipeline.model.registry import node_registry
+    from segnode.pipeline.model.resolution import coarse_shape
 
     torch.set_num_threads(threads)
     device = torch.device(device_name)

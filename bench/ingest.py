@@ -131,7 +131,7 @@ def run_segnode(folders: list[Path], workdir: Path, fsync: bool) -> float:
     )
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "node.cli", "serve", "--config", str(config), "--data-dir",
+        [sys.executable, "-m", "segnode.node.cli", "serve", "--config", str(config), "--data-dir",
          str(data_dir), "--port", str(port)],
         cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
         port = free_port()
         log = (Path(folder) / "node.log").open("wb")
         node = subprocess.Popen(
-            [sys.executable, "-m", "node.cli", "serve", "--config", str(config),
+            [sys.executable, "-m", "segnode.node.cli", "serve", "--config", str(config),
              "--data-dir", str(Path(folder) / "data"), "--port", str(port)],
             cwd=REPO, stdout=log, stderr=log,
         )

@@ -31,8 +31,8 @@ sys.path.insert(0, str(REPO))
 
 
 def _volumes(folder: Path) -> dict[Any, Any]:
-    from pipeline.conversion import convert_series
-    from pipeline.selection import Role
+    from segnode.pipeline.conversion import convert_series
+    from segnode.pipeline.selection import Role
 
     return {
         Role(path.name.split("_", 1)[1]): convert_series(sorted(path.iterdir()))
@@ -46,8 +46,8 @@ def step_convert(folder: Path) -> None:
 
 
 def step_brain_extraction(folder: Path) -> None:
-    from pipeline.brain_extraction import extract_brain
-    from pipeline.selection import Role
+    from segnode.pipeline.brain_extraction import extract_brain
+    from segnode.pipeline.selection import Role
 
     volumes = _volumes(folder)
     started = time.perf_counter()
@@ -58,9 +58,9 @@ def step_brain_extraction(folder: Path) -> None:
 def step_registration(folder: Path) -> None:
     import SimpleITK as sitk
 
-    from pipeline.brain_extraction import extract_brain
-    from pipeline.registration import register_rigid
-    from pipeline.selection import Role
+    from segnode.pipeline.brain_extraction import extract_brain
+    from segnode.pipeline.registration import register_rigid
+    from segnode.pipeline.selection import Role
 
     volumes = _volumes(folder)
     fixed = sitk.Cast(volumes[Role.T1C].image, sitk.sitkFloat32)
@@ -72,8 +72,8 @@ def step_registration(folder: Path) -> None:
 
 
 def step_whole(folder: Path) -> None:
-    from config.settings import PreprocessingSettings
-    from pipeline.preprocessing import preprocess
+    from segnode.config.settings import PreprocessingSettings
+    from segnode.pipeline.preprocessing import preprocess
 
     study = preprocess(_volumes(folder), PreprocessingSettings())
     timings = study.record["timings_s"]

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from pipeline.model.recipes import RECIPES, build_recipe_network, recipe_loss
+from segnode.pipeline.training.recipes import RECIPES, build_recipe_network, recipe_loss
 
 
 def main() -> None:

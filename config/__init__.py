@@ -5,8 +5,8 @@ every option; :func:`load_settings` reads it (or a site's file), applies
 ``SEGNODE__SECTION__KEY`` environment overrides, then command-line overrides.
 """
 
-from config.errors import ConfigError, SegnodeError
-from config.settings import (
+from segnode.config.errors import ConfigError, SegnodeError
+from segnode.config.settings import (
     DEFAULT_CONFIG_PATH,
     CompletionPolicy,
     DeadlineAction,

@@ -15,3 +15,11 @@ class SegnodeError(Exception):
 
 class ConfigError(SegnodeError):
     """The configuration is invalid; the message names the offending key."""
+
+
+class TransientError(SegnodeError):
+    """The same work may succeed if tried again later (a dead worker, a busy peer).
+
+    The job state machine (``segnode.storage.job_states.TRANSIENT_ERRORS``) retries a step that
+    raised one after a backoff; every other :class:`SegnodeError` fails the job at once.
+    """

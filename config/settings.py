@@ -32,7 +32,7 @@ from pydantic_settings import (
 )
 from pydicom.datadict import tag_for_keyword
 
-from config.errors import ConfigError
+from segnode.config.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("node.toml")
 ENV_PREFIX = "SEGNODE__"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from config.errors import SegnodeError
+from segnode.config.errors import SegnodeError
 
 
 class NodeError(SegnodeError):

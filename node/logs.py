@@ -42,7 +42,7 @@ _context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar
 
 _STANDARD_ATTRIBUTES = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
-OWN_PACKAGES = ("node", "pipeline", "storage", "config")
+OWN_PACKAGES = ("segnode",)
 """Loggers under these names are ours: their messages are written as they are."""
 
 WITHHELD_MESSAGE = "third-party message withheld (may contain patient data)"

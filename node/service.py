@@ -22,16 +22,16 @@ from types import FrameType
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from config.settings import Settings
-from node.completion_monitor import CompletionMonitor
-from node.job_runner import JobRunner
-from node.receiver import InstanceReceiver
-from node.routing import rule_keywords
-from node.scp import StorageSCP
-from storage.database import create_db_engine, make_session_factory, upgrade_to_head
-from storage.filestore import FileStore
-from storage.ingest import interrupt_open_associations, record_node_event
-from storage.reconcile import end_open_associations, reconcile_storage
+from segnode.config.settings import Settings
+from segnode.node.completion.monitor import CompletionMonitor
+from segnode.node.completion.routing import rule_keywords
+from segnode.node.jobs.runner import JobRunner
+from segnode.node.receiving.receiver import InstanceReceiver
+from segnode.node.receiving.scp import StorageSCP
+from segnode.storage.database import create_db_engine, make_session_factory, upgrade_to_head
+from segnode.storage.filestore import FileStore
+from segnode.storage.ingest import interrupt_open_associations, record_node_event
+from segnode.storage.reconcile import end_open_associations, reconcile_storage
 
 log = logging.getLogger(__name__)
 

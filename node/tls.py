@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ssl
 
-from config.settings import DestinationTls, ListenerTls
+from segnode.config.settings import DestinationTls, ListenerTls
 
 MINIMUM_TLS_VERSION = ssl.TLSVersion.TLSv1_2
 

@@ -45,7 +45,7 @@ import SimpleITK as sitk
 import torch
 from deepbet.bet import BrainExtraction  # type: ignore[import-untyped]
 
-from pipeline.errors import BrainExtractionError
+from segnode.pipeline.errors import BrainExtractionError
 
 log = logging.getLogger(__name__)
 

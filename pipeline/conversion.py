@@ -25,8 +25,8 @@ import SimpleITK as sitk
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from pipeline.errors import ConversionError
-from pipeline.sequence_facts import ENHANCED_MR_STORAGE
+from segnode.pipeline.errors import ConversionError
+from segnode.pipeline.sequence_facts import ENHANCED_MR_STORAGE
 
 log = logging.getLogger(__name__)
 

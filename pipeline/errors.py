@@ -5,7 +5,7 @@ Each names the step, the series or job (never a patient) and what to do next.
 
 from __future__ import annotations
 
-from config.errors import SegnodeError
+from segnode.config.errors import SegnodeError
 
 
 class PipelineError(SegnodeError):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.errors import PipelineError
+from segnode.pipeline.errors import PipelineError
 
 
 def zscore_over_mask(voxels: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, float, float]:

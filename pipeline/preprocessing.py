@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from config.settings import PreprocessingSettings
-from pipeline.brain_extraction import apply_mask, extract_brain
-from pipeline.conversion import ConvertedVolume
-from pipeline.errors import PipelineError
-from pipeline.intensity import zscore_over_mask
-from pipeline.registration import isotropic_grid, register_rigid, resample_onto
-from pipeline.selection import Role
+from segnode.config.settings import PreprocessingSettings
+from segnode.pipeline.brain_extraction import apply_mask, extract_brain
+from segnode.pipeline.conversion import ConvertedVolume
+from segnode.pipeline.errors import PipelineError
+from segnode.pipeline.intensity import zscore_over_mask
+from segnode.pipeline.registration import isotropic_grid, register_rigid, resample_onto
+from segnode.pipeline.selection import Role
 
 CHANNEL_ORDER: tuple[Role, ...] = (Role.T1, Role.T1C, Role.T2, Role.FLAIR)
 

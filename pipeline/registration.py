@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 import SimpleITK as sitk
 
-from pipeline.errors import RegistrationError
+from segnode.pipeline.errors import RegistrationError
 
 _IDENTITY_DIRECTION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 # metric_after may exceed metric_before by this much before we call it worse:

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from config.settings import SelectionSettings
-from pipeline.errors import SelectionError
-from pipeline.sequence_facts import MR_STORAGE_CLASSES, SequenceFacts
+from segnode.config.settings import SelectionSettings
+from segnode.pipeline.errors import SelectionError
+from segnode.pipeline.sequence_facts import MR_STORAGE_CLASSES, SequenceFacts
 
 
 class Role(StrEnum):

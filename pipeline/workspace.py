@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import PipelineError
+from segnode.pipeline.errors import PipelineError
 
 
 class WorkspaceError(PipelineError):
@@ -115,3 +115,8 @@ def write_inputs(workspace: Workspace, study_instance_uid: str, series: dict[str
             ],
         },
     )
+
+
+def selected_files(workspace: Workspace, role: str) -> list[Path]:
+    """The files of the series the select step chose for ``role`` (``t1``, ``t1c``, …)."""
+    return [Path(name) for name in workspace.read_json("selection.json")["roles"][str(role)]["files"]]

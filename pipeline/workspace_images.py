@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from pipeline.conversion import ConvertedVolume, SliceRef
-from pipeline.preprocessing import CHANNEL_ORDER, PreprocessedStudy
-from pipeline.selection import Role
-from pipeline.workspace import Workspace, WorkspaceError, replace_atomically
+from segnode.pipeline.conversion import ConvertedVolume, SliceRef
+from segnode.pipeline.preprocessing import CHANNEL_ORDER, PreprocessedStudy
+from segnode.pipeline.selection import Role
+from segnode.pipeline.workspace import Workspace, WorkspaceError, replace_atomically
 
 
 def write_image(workspace: Workspace, relative: str, image: sitk.Image) -> Path:

@@ -5,7 +5,7 @@ Why these settings: SQLite is the embedded default, so it runs in WAL mode
 ``BEGIN IMMEDIATE`` so concurrent associations queue for the write lock instead
 of failing with "database is locked". The database file and its ``-wal`` and
 ``-shm`` hold patient attributes: they get the node's private modes
-(:class:`~storage.filestore.FileModes`), not the umask's. PostgreSQL needs
+(:class:`~segnode.storage.filestore.FileModes`), not the umask's. PostgreSQL needs
 none of that. The schema is owned by Alembic; ``upgrade_to_head`` is what ``segnode db upgrade`` and
 ``segnode serve`` run.
 """
@@ -25,8 +25,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.errors import DatabaseSchemaError
-from storage.filestore import FileModes
+from segnode.storage.errors import DatabaseSchemaError
+from segnode.storage.filestore import FileModes
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 30_000

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from storage.errors import DiskFloorError, FileGroupError, UnsafeUidError
+from segnode.storage.errors import DiskFloorError, FileGroupError, UnsafeUidError
 
 _UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _MIB = 1024 * 1024

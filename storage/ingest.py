@@ -18,8 +18,8 @@ from sqlalchemy import CursorResult, Table, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from storage.errors import IdentityConflictError
-from storage.models import (
+from segnode.storage.errors import IdentityConflictError
+from segnode.storage.models import (
     Association,
     AssociationOutcome,
     Instance,

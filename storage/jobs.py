@@ -15,17 +15,9 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, or_, select, update
 from sqlalchemy.orm import Session
 
-from storage.errors import JobStateError
-from storage.models import (
-    TERMINAL_JOB_STATES,
-    DeliveryState,
-    Job,
-    JobDelivery,
-    JobEvent,
-    JobSeries,
-    JobState,
-    utc_now,
-)
+from segnode.storage.errors import JobStateError
+from segnode.storage.job_states import ACTIVE, TERMINAL, JobState
+from segnode.storage.models import DeliveryState, Job, JobDelivery, JobEvent, JobSeries, utc_now
 
 
 def append_job_event(
@@ -93,22 +85,13 @@ def attach_series(session: Session, job: Job, series_ids: Iterable[int], reason:
     return added
 
 
-ACTIVE_JOB_STATES = (
-    JobState.RECEIVED,
-    JobState.SELECTING,
-    JobState.CONVERTING,
-    JobState.PREPROCESSING,
-    JobState.INFERRING,
-    JobState.WRITING,
-    JobState.SENDING,
-)
 
 
 def runnable_job_ids(session: Session, now: datetime, exclude: Iterable[int] = ()) -> list[int]:
     """Jobs with a step due now, oldest first (``exclude``: the ones already running)."""
     query = (
         select(Job.id)
-        .where(Job.state.in_([state.value for state in ACTIVE_JOB_STATES]))
+        .where(Job.state.in_([state.value for state in ACTIVE]))
         .where(or_(Job.next_attempt_at.is_(None), Job.next_attempt_at <= now))
         .order_by(Job.id)
     )
@@ -144,7 +127,7 @@ def advance_job(
         "next_attempt_at": None,
         **columns,
     }
-    if to in TERMINAL_JOB_STATES:
+    if to in TERMINAL:
         values["finished_at"] = now
     moved = _updated_rows(
         session.execute(update(Job).where(Job.id == job_id, Job.state == expected.value).values(**values))
@@ -235,7 +218,7 @@ def retry_job(session: Session, job_id: int, from_step: JobState | None = None) 
             f"job {job_id} is {job.state}: only a failed or cancelled job can be retried"
         )
     resume = from_step or JobState(job.failed_step or JobState.RECEIVED)
-    if resume not in ACTIVE_JOB_STATES:
+    if resume not in ACTIVE:
         raise JobStateError(f"cannot resume job {job_id} at {resume.value!r}")
     previous = job.state
     job.state = resume.value

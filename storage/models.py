@@ -28,6 +28,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from segnode.storage.job_states import TERMINAL, JobState
+
 UID_LENGTH = 64
 AE_LENGTH = 16
 
@@ -72,20 +74,6 @@ class AssociationOutcome(StrEnum):
     """The node stopped while the association was open."""
 
 
-class JobState(StrEnum):
-    RECEIVED = "received"
-    SELECTING = "selecting"
-    CONVERTING = "converting"
-    PREPROCESSING = "preprocessing"
-    INFERRING = "inferring"
-    WRITING = "writing"
-    SENDING = "sending"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-TERMINAL_JOB_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
 
 
 class Association(Base):
@@ -214,7 +202,7 @@ class Job(Base):
 
     @property
     def is_terminal(self) -> bool:
-        return self.state in TERMINAL_JOB_STATES
+        return self.state in TERMINAL
 
 
 class DeliveryState(StrEnum):

@@ -27,10 +27,10 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.errors import UnsafeUidError
-from storage.filestore import FileStore, check_uid
-from storage.ingest import record_node_event, record_quarantine
-from storage.models import Association, AssociationOutcome, Instance, utc_now
+from segnode.storage.errors import UnsafeUidError
+from segnode.storage.filestore import FileStore, check_uid
+from segnode.storage.ingest import record_node_event, record_quarantine
+from segnode.storage.models import Association, AssociationOutcome, Instance, utc_now
 
 log = logging.getLogger(__name__)
 

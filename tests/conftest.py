@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
-from config.settings import Settings, load_settings
-from node.service import Node, start_node
+from segnode.config.settings import Settings, load_settings
+from segnode.node.service import Node, start_node
 from tests.helpers import free_port
 
 # The four-series TCGA study fixture (tcga_study, tcga_native), for every test folder.

@@ -113,7 +113,7 @@ class NodeProcess:
     def start(self) -> NodeProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "node.cli", "serve", "--config", str(self.config_path),
+            [sys.executable, "-m", "segnode.node.cli", "serve", "--config", str(self.config_path),
              "--data-dir", str(self.data_dir), "--port", str(self.port)],
             cwd=REPO_ROOT, stdout=log, stderr=log,
         )

@@ -6,7 +6,7 @@ next; none of them concerns a patient, so they are safe to log at any level.
 
 from __future__ import annotations
 
-from pipeline.errors import PipelineError
+from segnode.pipeline.errors import PipelineError
 
 
 class ModelError(PipelineError):

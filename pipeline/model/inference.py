@@ -24,11 +24,11 @@ import torch.nn.functional as functional
 from monai.inferers.utils import sliding_window_inference
 from scipy import ndimage
 
-from pipeline.errors import InferenceError
-from pipeline.model.labels import ED, NCR, REGIONS, LabelConvention, regions_to_labels
-from pipeline.model.manifest import PostprocessingSpec
-from pipeline.model.network import segmentation_logits
-from pipeline.model.resolution import upsample
+from segnode.pipeline.errors import InferenceError
+from segnode.pipeline.model.labels import ED, NCR, REGIONS, LabelConvention, regions_to_labels
+from segnode.pipeline.model.manifest import PostprocessingSpec
+from segnode.pipeline.model.network import segmentation_logits
+from segnode.pipeline.model.resolution import upsample
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +250,7 @@ def predict_regions(
         sw_batch_size: windows per forward pass.
         spacing_factor: the model's grid spacing over the image's (2 for a 2 mm model on the
             1 mm grid): the padded image is block-averaged by this factor before the network
-            and the probabilities are interpolated back (``pipeline.model.resolution``);
+            and the probabilities are interpolated back (``segnode.pipeline.model.resolution``);
             ``roi_size`` is then on the model's grid.
 
     Returns:

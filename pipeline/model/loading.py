@@ -5,7 +5,7 @@ to exact weights; a truncated copy or a file swapped behind the manifest's back 
 instead of segmenting with the wrong network. The bytes that are hashed are the bytes that are
 loaded (read once), so nothing can change the file between the check and the load.
 
-Errors come from the model error tree (``pipeline.model.errors``) that the model registry
+Errors come from the model error tree (``segnode.pipeline.model.errors``) that the model registry
 uses too. The registry (id lookup, installed models) can take this over; this module knows
 nothing about ids.
 """
@@ -22,9 +22,13 @@ from pathlib import Path
 import torch
 from pydantic import ValidationError
 
-from pipeline.model.errors import CorruptModelError, InvalidManifestError, WeightsMismatchError
-from pipeline.model.manifest import MANIFEST_FILE, ModelManifest
-from pipeline.model.network import build_network
+from segnode.pipeline.model.errors import (
+    CorruptModelError,
+    InvalidManifestError,
+    WeightsMismatchError,
+)
+from segnode.pipeline.model.manifest import MANIFEST_FILE, ModelManifest
+from segnode.pipeline.model.network import build_network
 
 MANIFEST_NAME = MANIFEST_FILE
 

@@ -22,7 +22,7 @@ MANIFEST_FILE = "manifest.json"
 class ArchitectureSpec(BaseModel):
     """Hyperparameters of MONAI's SegResNet / SegResNetVAE (paper section 3: 32 filters,
     blocks 1-2-2-4 down and 1-1-1 up, GroupNorm 8, dropout 0.2), or of MONAI's residual
-    3D U-Net (the comparison recipe of ``pipeline.model.recipes``: ``unet_channels`` per level,
+    3D U-Net (the comparison recipe of ``segnode.pipeline.training.recipes``: ``unet_channels`` per level,
     stride 2 between levels, ``unet_res_units`` residual units per block)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -86,7 +86,7 @@ class ModelManifest(BaseModel):
     output_activation: Literal["sigmoid"] = "sigmoid"
     preprocessing: dict[str, object] = DEFAULT_PREPROCESSING
     """``spacing_mm`` is the grid the network runs on: inference block-averages the 1 mm brain
-    box to it and interpolates the probabilities back (``pipeline.model.resolution``)."""
+    box to it and interpolates the probabilities back (``segnode.pipeline.model.resolution``)."""
     postprocessing: PostprocessingSpec | None = None
     """Post-processing tuned on the model's cross-validation folds; None: the node's
     configured defaults (``[model]`` in node.toml)."""

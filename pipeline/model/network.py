@@ -13,7 +13,7 @@ import torch
 from monai.networks.nets.segresnet import SegResNet, SegResNetVAE
 from monai.networks.nets.unet import UNet
 
-from pipeline.model.manifest import ArchitectureSpec
+from segnode.pipeline.model.manifest import ArchitectureSpec
 
 
 class MeanOfMembers(torch.nn.Module):

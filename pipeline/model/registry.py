@@ -23,15 +23,15 @@ from pathlib import Path
 import torch
 from pydantic import ValidationError
 
-from pipeline.model.errors import (
+from segnode.pipeline.model.bundle.monai_bundle import bundle_folder, read_monai_bundle
+from segnode.pipeline.model.errors import (
     CorruptModelError,
     InvalidManifestError,
     ModelExistsError,
     ModelNotFoundError,
 )
-from pipeline.model.manifest import MANIFEST_FILE, ModelManifest
-from pipeline.model.monai_bundle import bundle_folder, read_monai_bundle
-from pipeline.model.weights import (
+from segnode.pipeline.model.manifest import MANIFEST_FILE, ModelManifest
+from segnode.pipeline.model.weights import (
     network_from_state_dict,
     read_state_dict,
     sha256_of_bytes,

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as functional
 
-from pipeline.errors import InferenceError
+from segnode.pipeline.errors import InferenceError
 
 
 def spacing_factor(model_spacing_mm: float, image_spacing_mm: float = 1.0) -> int:

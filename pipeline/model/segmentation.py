@@ -1,6 +1,6 @@
 """Segment one preprocessed study with the registry's models (one or an ensemble).
 
-Runs inside a pipeline worker process (``node/worker_pool.py``), never in the DICOM
+Runs inside a pipeline worker process (``node/jobs/worker_pool.py``), never in the DICOM
 listener's process. Models are loaded once per process and verified against their sha256
 at load, so a worker that segments many studies pays the load once.
 """
@@ -14,16 +14,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.errors import InferenceError
-from pipeline.model.inference import (
+from segnode.pipeline.errors import InferenceError
+from segnode.pipeline.model.inference import (
     choose_roi,
     postprocess_with,
     predict_regions,
     resolve_postprocessing,
 )
-from pipeline.model.labels import LabelConvention
-from pipeline.model.registry import LoadedModel, node_registry
-from pipeline.model.resolution import coarse_shape
+from segnode.pipeline.model.labels import LabelConvention
+from segnode.pipeline.model.registry import LoadedModel, node_registry
+from segnode.pipeline.model.resolution import coarse_shape
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ from typing import Literal
 
 import torch
 
-from pipeline.model.errors import InvalidManifestError, WeightsMismatchError
-from pipeline.model.manifest import ArchitectureSpec
-from pipeline.model.network import build_network
+from segnode.pipeline.model.errors import InvalidManifestError, WeightsMismatchError
+from segnode.pipeline.model.manifest import ArchitectureSpec
+from segnode.pipeline.model.network import build_network
 
 StateDict = dict[str, torch.Tensor]
 

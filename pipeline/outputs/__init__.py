@@ -4,17 +4,17 @@
 specs are exported for tests and for callers that want one object only.
 """
 
-from pipeline.outputs.enums import ALL_REGIONS, BASE_REGIONS, EnhancingTumourLabel, Region
-from pipeline.outputs.errors import OutputError, OutputSpecError
-from pipeline.outputs.provenance import AlgorithmProvenance, SeriesSpec
-from pipeline.outputs.regions import (
+from segnode.pipeline.outputs.enums import ALL_REGIONS, BASE_REGIONS, EnhancingTumourLabel, Region
+from segnode.pipeline.outputs.errors import OutputError, OutputSpecError
+from segnode.pipeline.outputs.provenance import AlgorithmProvenance, SeriesSpec
+from segnode.pipeline.outputs.regions import (
     LabelConvention,
     RegionStatistics,
     RegionVolume,
     volumes_ml,
 )
-from pipeline.outputs.seg import TUMOUR_SEGMENTS, SegmentSpec
-from pipeline.outputs.writer import ResultsRecord, WrittenObject, write_results
+from segnode.pipeline.outputs.seg import TUMOUR_SEGMENTS, SegmentSpec
+from segnode.pipeline.outputs.writer import ResultsRecord, WrittenObject, write_results
 
 __all__ = [
     "ALL_REGIONS",

@@ -5,7 +5,7 @@ Each message names the object or region and what to do next, never a patient.
 
 from __future__ import annotations
 
-from pipeline.errors import PipelineError
+from segnode.pipeline.errors import PipelineError
 
 
 class OutputError(PipelineError):

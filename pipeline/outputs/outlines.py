@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 from skimage.measure import approximate_polygon, find_contours
 
-from pipeline.outputs.errors import OutputError
+from segnode.pipeline.outputs.errors import OutputError
 
 #: Douglas-Peucker tolerance (pixels) that drops only (nearly) collinear points:
 #: marching squares emits one point per pixel edge, most on straight runs.

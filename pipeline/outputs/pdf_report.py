@@ -26,13 +26,13 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.uid import EncapsulatedPDFStorage, ExplicitVRLittleEndian
 
-from pipeline.outputs.enums import ALL_REGIONS, BASE_REGIONS, Region
-from pipeline.outputs.errors import OutputError
-from pipeline.outputs.provenance import AlgorithmProvenance, SeriesSpec
-from pipeline.outputs.regions import REGION_COLOURS_RGB, LabelConvention, RegionStatistics
-from pipeline.outputs.secondary_capture import display_window, render_overlay
-from pipeline.outputs.source import SourceSeries, plane_geometry
-from pipeline.outputs.sr import REGION_NAMES
+from segnode.pipeline.outputs.enums import ALL_REGIONS, BASE_REGIONS, Region
+from segnode.pipeline.outputs.errors import OutputError
+from segnode.pipeline.outputs.provenance import AlgorithmProvenance, SeriesSpec
+from segnode.pipeline.outputs.regions import REGION_COLOURS_RGB, LabelConvention, RegionStatistics
+from segnode.pipeline.outputs.secondary_capture import display_window, render_overlay
+from segnode.pipeline.outputs.source import SourceSeries, plane_geometry
+from segnode.pipeline.outputs.sr import REGION_NAMES
 
 #: A4 at 150 dpi.
 PAGE_PX = (1240, 1754)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from pydicom.uid import generate_uid
 
-from config.settings import OutputKind, OutputSettings
-from pipeline.outputs.errors import OutputSpecError
+from segnode import __version__
+from segnode.config.settings import OutputKind, OutputSettings
+from segnode.pipeline.outputs.errors import OutputSpecError
 
 #: Longest value of a DICOM LO (Long String) element.
 LO_MAX_CHARS = 64
@@ -177,3 +179,20 @@ class SeriesSpec:
             series_description=series_description(settings, kind),
             manufacturer=settings.manufacturer,
         )
+
+
+#: The algorithm name every result object names (SR, SEG, SoftwareVersions).
+ALGORITHM_NAME = "segnode"
+
+
+def provenance_from(inference_record: dict[str, Any]) -> AlgorithmProvenance:
+    """The algorithm and model(s) that made the labels, from the infer step's record."""
+    models = inference_record["models"]
+    primary = models[0]
+    return AlgorithmProvenance(
+        algorithm_name=ALGORITHM_NAME,
+        algorithm_version=__version__,
+        model_id="+".join(m["id"] for m in models),
+        model_version=primary["version"],
+        model_sha256=primary["sha256"],
+    )

@@ -16,13 +16,13 @@ import numpy as np
 import SimpleITK as sitk
 from numpy.typing import NDArray
 
-from pipeline.outputs.enums import (
+from segnode.pipeline.outputs.enums import (
     ALL_REGIONS,
     REGION_PARTS,
     EnhancingTumourLabel,
     Region,
 )
-from pipeline.outputs.errors import OutputError, OutputSpecError
+from segnode.pipeline.outputs.errors import OutputError, OutputSpecError
 
 MM3_PER_ML = 1000.0
 

@@ -22,9 +22,9 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_modality_lut
 
-from pipeline.conversion import SliceRef
-from pipeline.outputs.errors import OutputError
-from pipeline.sequence_facts import ENHANCED_MR_STORAGE
+from segnode.pipeline.conversion import SliceRef
+from segnode.pipeline.outputs.errors import OutputError
+from segnode.pipeline.sequence_facts import ENHANCED_MR_STORAGE
 
 #: How far (mm) a slice of the label map may lie from its source image's position.
 POSITION_TOLERANCE_MM = 0.05

@@ -31,15 +31,15 @@ from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as dcm_codes
 
-from config.settings import SrRegionReference
-from pipeline.outputs import codes
-from pipeline.outputs.enums import ALL_REGIONS, BASE_REGIONS, Region
-from pipeline.outputs.errors import OutputError
-from pipeline.outputs.outlines import mask_outlines
-from pipeline.outputs.provenance import AlgorithmProvenance, SeriesSpec
-from pipeline.outputs.regions import RegionStatistics
-from pipeline.outputs.seg import segment_number
-from pipeline.outputs.source import SourceSeries
+from segnode.config.settings import SrRegionReference
+from segnode.pipeline.outputs import codes
+from segnode.pipeline.outputs.enums import ALL_REGIONS, BASE_REGIONS, Region
+from segnode.pipeline.outputs.errors import OutputError
+from segnode.pipeline.outputs.outlines import mask_outlines
+from segnode.pipeline.outputs.provenance import AlgorithmProvenance, SeriesSpec
+from segnode.pipeline.outputs.regions import RegionStatistics
+from segnode.pipeline.outputs.seg import segment_number
+from segnode.pipeline.outputs.source import SourceSeries
 
 #: Tracking Identifier text of each group (what a viewer lists).
 REGION_NAMES: dict[Region, str] = {

@@ -23,12 +23,12 @@ import highdicom as hd
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
-from config.settings import OUTPUT_KINDS, OutputKind, OutputSettings, SrRegionReference
-from pipeline.conversion import SliceRef
-from pipeline.outputs.errors import OutputError, OutputSpecError
-from pipeline.outputs.pdf_report import build_pdf_report
-from pipeline.outputs.provenance import AlgorithmProvenance, SeriesSpec
-from pipeline.outputs.regions import (
+from segnode.config.settings import OUTPUT_KINDS, OutputKind, OutputSettings, SrRegionReference
+from segnode.pipeline.conversion import SliceRef
+from segnode.pipeline.outputs.errors import OutputError, OutputSpecError
+from segnode.pipeline.outputs.pdf_report import build_pdf_report
+from segnode.pipeline.outputs.provenance import AlgorithmProvenance, SeriesSpec
+from segnode.pipeline.outputs.regions import (
     LabelConvention,
     RegionStatistics,
     label_array,
@@ -36,10 +36,10 @@ from pipeline.outputs.regions import (
     region_statistics,
     voxel_volume_mm3,
 )
-from pipeline.outputs.secondary_capture import build_secondary_captures
-from pipeline.outputs.seg import build_segmentation
-from pipeline.outputs.source import check_label_geometry, load_source_series
-from pipeline.outputs.sr import build_measurement_report
+from segnode.pipeline.outputs.secondary_capture import build_secondary_captures
+from segnode.pipeline.outputs.seg import build_segmentation
+from segnode.pipeline.outputs.source import check_label_geometry, load_source_series
+from segnode.pipeline.outputs.sr import build_measurement_report
 
 log = logging.getLogger(__name__)
 

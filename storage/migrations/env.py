@@ -1,15 +1,15 @@
-"""Alembic environment: runs migrations on the engine handed over by storage.database."""
+"""Alembic environment: runs migrations on the engine handed over by segnode.storage.database."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from storage.models import Base
+from segnode.storage.models import Base
 
 config = context.config
 engine = config.attributes.get("engine")
 if engine is None:
-    raise RuntimeError("run migrations through storage.database.upgrade_to_head")
+    raise RuntimeError("run migrations through segnode.storage.database.upgrade_to_head")
 
 with engine.connect() as connection:
     context.configure(

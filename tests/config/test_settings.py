@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from config.errors import ConfigError
-from config.settings import DEFAULT_CONFIG_PATH, Settings, load_settings
-from node.cli import app
+from segnode.config.errors import ConfigError
+from segnode.config.settings import DEFAULT_CONFIG_PATH, Settings, load_settings
+from segnode.node.cli import app
 
 
 def test_default_file_equals_model_defaults_except_the_shipped_rules() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pydicom
 from pynetdicom import AE
 
-from node.service import Node
+from segnode.node.service import Node
 from tests.helpers import require_shared_data, wait_for
 
 

@@ -1,6 +1,6 @@
 """kill -9 in the middle of an association, restart: nothing acknowledged is lost.
 
-The node runs as a real subprocess (``python -m node.cli serve``) and pynetdicom
+The node runs as a real subprocess (``python -m segnode.node.cli serve``) and pynetdicom
 sends a real 170-instance series one C-STORE at a time, recording exactly which
 instances got Success before the kill.
 """

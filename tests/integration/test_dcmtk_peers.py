@@ -16,8 +16,8 @@ import pytest
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, JPEGBaseline8Bit
 from sqlalchemy import select
 
-from node.service import Node
-from storage.models import Instance, NodeEvent, Series, Study
+from segnode.node.service import Node
+from segnode.storage.models import Instance, NodeEvent, Series, Study
 from tests.helpers import (
     dcmtk_env,
     free_port,
@@ -127,7 +127,7 @@ def test_every_shared_folder_arrives_byte_identical(start, tmp_path: Path) -> No
     assert identical_to_source >= 150 + 35 + 35 + 9 + 1  # GE, Siemens E11 x2, Trio TS, Toshiba
 
     with node.sessions() as session:
-        from storage.models import QuarantinedInstance
+        from segnode.storage.models import QuarantinedInstance
 
         duplicates = session.execute(select(QuarantinedInstance)).scalars().all()
     assert len(duplicates) == 2
@@ -256,7 +256,7 @@ def test_bad_instance_fails_while_the_rest_of_the_association_is_stored(start, t
     rows = stored_rows(node)
     assert len(rows) == 2
     with node.sessions() as session:
-        from storage.models import QuarantinedInstance
+        from segnode.storage.models import QuarantinedInstance
 
         [kept] = session.execute(select(QuarantinedInstance)).scalars().all()
     assert kept.reason == "SeriesInstanceUID is missing" and kept.status_code == 0xC210

@@ -18,8 +18,12 @@ import pydicom
 import pytest
 from pydicom.sr.codedict import codes
 
-from config.settings import Destination
-from node.delivery import PermanentDeliveryError, TransientDeliveryError, send_files
+from segnode.config.settings import Destination
+from segnode.node.delivery.dispatch import (
+    PermanentDeliveryError,
+    TransientDeliveryError,
+    send_files,
+)
 from tests.dcmtk_peers import Storescp
 from tests.helpers import free_port, require_shared_data
 from tests.integration.dicom_files import dataset_bytes

@@ -22,8 +22,8 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from pipeline.conversion import convert_series
-from pipeline.registration import register_rigid, resample_onto
+from segnode.pipeline.conversion import convert_series
+from segnode.pipeline.registration import register_rigid, resample_onto
 from tests.fixtures.dicom_study import BuiltSeries
 from tests.helpers import FAST_NODE_TOML, SHARED_DATA, NodeProcess, free_port, wait_for
 from tests.orthanc import Orthanc

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from storage.models import Instance, Job, Study
+from segnode.storage.models import Instance, Job, Study
 from tests.helpers import require_shared_data, wait_for
 from tests.integration.dicom_files import dataset_bytes, index_folder
 from tests.orthanc import Orthanc

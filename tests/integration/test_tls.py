@@ -22,11 +22,15 @@ from typing import Any
 import pydicom
 import pytest
 
-from config.settings import Destination
-from node.delivery import PermanentDeliveryError, TransientDeliveryError, send_files
-from node.service import Node
-from node.store_contexts import read_headers
-from node.store_scu import open_association
+from segnode.config.settings import Destination
+from segnode.node.delivery.dimse.contexts import read_headers
+from segnode.node.delivery.dimse.scu import open_association
+from segnode.node.delivery.dispatch import (
+    PermanentDeliveryError,
+    TransientDeliveryError,
+    send_files,
+)
+from segnode.node.service import Node
 from tests.dcmtk_peers import Storescp
 from tests.helpers import dcmtk_env, require_shared_data, require_tool, storescu
 from tests.integration.dicom_files import dataset_bytes, index_folder

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from config.settings import Settings
-from node.receiver import InstanceReceiver
-from node.service import open_storage
+from segnode.config.settings import Settings
+from segnode.node.receiving.receiver import InstanceReceiver
+from segnode.node.service import open_storage
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from config.settings import CompletionPolicy, CompletionSettings, DeadlineAction
-from node.completion import SeriesTiming, StudySnapshot, Verdict, decide, series_roles
+from segnode.config.settings import CompletionPolicy, CompletionSettings, DeadlineAction
+from segnode.node.completion.rule import SeriesTiming, StudySnapshot, Verdict, decide, series_roles
 
 T0 = datetime(2026, 11, 21, 12, 0, 0, tzinfo=UTC)
 ROLES = CompletionSettings().role_patterns

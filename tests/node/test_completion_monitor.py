@@ -15,11 +15,11 @@ import pydicom
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from config.settings import Settings
-from node.completion_monitor import CompletionMonitor
-from node.receiver import InstanceReceiver, Sender
-from node.service import open_storage
-from storage.models import Job, JobEvent, JobSeries, NodeEvent, Study, utc_now
+from segnode.config.settings import Settings
+from segnode.node.completion.monitor import CompletionMonitor
+from segnode.node.receiving.receiver import InstanceReceiver, Sender
+from segnode.node.service import open_storage
+from segnode.storage.models import Job, JobEvent, JobSeries, NodeEvent, Study, utc_now
 from tests.helpers import require_shared_data
 
 

@@ -33,9 +33,9 @@ from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import select
 
-from node.connection_guard import ConnectionState
-from node.service import Node
-from storage.models import NodeEvent
+from segnode.node.receiving.connection_guard import ConnectionState
+from segnode.node.service import Node
+from segnode.storage.models import NodeEvent
 from tests.helpers import dcmtk_env, require_tool, wait_for
 from tests.tls_certs import make_tls_certs
 

@@ -35,18 +35,18 @@ from pynetdicom.events import Event
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import MRImageStorage, SegmentationStorage  # type: ignore[attr-defined]
 
-from config.settings import Destination
-from node.delivery import (
+from segnode.config.settings import Destination
+from segnode.node.backoff import backoff_delay_s
+from segnode.node.delivery.dimse.contexts import FileHeader, read_headers, requested_contexts
+from segnode.node.delivery.dimse.scu import open_association, rejection_error
+from segnode.node.delivery.dimse.status import is_delivered, is_transient_status
+from segnode.node.delivery.dispatch import (
     DeliveryReceipt,
     PermanentDeliveryError,
     TransientDeliveryError,
-    backoff_delay_s,
     send_files,
 )
-from node.store_contexts import FileHeader, read_headers, requested_contexts
-from node.store_scu import open_association, rejection_error
-from node.store_status import is_delivered, is_transient_status
-from node.stow import multipart_body, parse_answer
+from segnode.node.delivery.stow import multipart_body, parse_answer
 from tests.helpers import free_port, require_shared_data, wait_for
 
 MR_FOLDER = "siemens_prisma_E11_t1_fl2d_sag_HFS"

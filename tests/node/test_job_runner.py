@@ -15,9 +15,9 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from node.cli import app
-from node.service import Node
-from storage.models import Job, JobEvent
+from segnode.node.cli import app
+from segnode.node.service import Node
+from segnode.storage.models import Job, JobEvent
 from tests.conftest import FAST_COMPLETION
 from tests.fixtures.dicom_study import BuiltSeries
 from tests.helpers import storescu, wait_for

@@ -22,8 +22,8 @@ import pytest
 from pydicom import config as pydicom_config
 from pydicom import dcmread
 
-from node import logs
-from node.logs import WITHHELD_MESSAGE, configure_logging
+from segnode.node import logs
+from segnode.node.logs import WITHHELD_MESSAGE, configure_logging
 
 CANARIES = ("CANARY^PATIENT", "CANARY-ID-123", "19010101", "CANARY STREET")
 
@@ -171,11 +171,11 @@ def test_own_records_pass_but_exception_messages_do_not(
     node_logging: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with logs.log_context(association_id="a-1"):
-        logging.getLogger("node.scp").info("association accepted", extra={"calling_ae": "MRI1"})
+        logging.getLogger("segnode.node.receiving.scp").info("association accepted", extra={"calling_ae": "MRI1"})
         try:
             raise OSError(f"cannot write store/{CANARIES[1]}.dcm")
         except OSError:
-            logging.getLogger("node.receiver").exception("write failed")
+            logging.getLogger("segnode.node.receiving.receiver").exception("write failed")
 
     captured = capsys.readouterr()
     _assert_no_canary(captured.err)
@@ -242,8 +242,8 @@ def test_a_record_that_cannot_be_formatted_reports_as_json(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     # Straight to the node's handler: pytest's own capture handler fails the test on this.
-    record = logging.getLogger("node.scp").makeRecord(
-        "node.scp", logging.INFO, "scp.py", 1, "two values %s %s", (CANARIES[0],), None
+    record = logging.getLogger("segnode.node.receiving.scp").makeRecord(
+        "segnode.node.receiving.scp", logging.INFO, "scp.py", 1, "two values %s %s", (CANARIES[0],), None
     )
     logs.StderrHandler(logs.JsonFormatter()).handle(record)  # one argument short
 
@@ -251,4 +251,4 @@ def test_a_record_that_cannot_be_formatted_reports_as_json(
     _assert_no_canary(captured.err)
     (entry,) = _json_lines(captured.err)
     assert entry["message"] == "a log record could not be written"
-    assert entry["record_logger"] == "node.scp" and entry["error_type"] == "TypeError"
+    assert entry["record_logger"] == "segnode.node.receiving.scp" and entry["error_type"] == "TypeError"

@@ -13,8 +13,8 @@ import logging
 import pytest
 from sqlalchemy import select
 
-from node.receiver import InstanceReceiver, Sender, StoreOutcome
-from storage.models import Instance, NodeEvent, QuarantinedInstance, Series
+from segnode.node.receiving.receiver import InstanceReceiver, Sender, StoreOutcome
+from segnode.storage.models import Instance, NodeEvent, QuarantinedInstance, Series
 from tests.fixtures.malformed import CANARY_STRINGS, Variant, variants
 from tests.helpers import require_shared_data
 

@@ -1,6 +1,6 @@
 """``segnode predict`` and ``segnode evaluate`` end to end, through typer's CliRunner.
 
-The commands are registered on a fresh typer app here (node/cli.py wires them into segnode).
+The commands are registered on a fresh typer app here (node/cli/__init__.py wires them into segnode).
 Prediction runs a tiny RANDOM model on the REAL TCGA-FG-6692 case: the labels are meaningless,
 but the grid, the label values and the checksum gate are what is under test.
 """
@@ -15,7 +15,7 @@ import numpy as np
 import typer
 from typer.testing import CliRunner
 
-from node.commands import evaluate, predict
+from segnode.node.cli import evaluate, predict
 from tests.helpers import SHARED_DATA, require_data
 from tests.pipeline.model.tiny_model import write_model_folder
 

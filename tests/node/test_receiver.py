@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
 import pytest
 from sqlalchemy import select
 
-from config.settings import Settings
-from node.receiver import InstanceReceiver, Sender
-from node.service import open_storage
-from storage.models import Instance, NodeEvent, QuarantinedInstance, Study
+from segnode.node.receiving.receiver import InstanceReceiver, Sender
+from segnode.node.service import open_storage
+from segnode.storage.models import Instance, NodeEvent, QuarantinedInstance, Study
 from tests.helpers import require_shared_data
 
 SENDER = Sender(association_id=None, calling_ae="PACS", called_ae="SEGNODE")
@@ -199,7 +197,6 @@ def test_a_refusal_on_a_full_disk_still_leaves_its_row(tmp_path: Path, make_sett
     what happened. (Bytes are plentiful, so the disk-floor reservation lets the write try.)"""
     import subprocess
 
-    from node.service import open_storage
 
     data_dir = tmp_path / "tiny"
     data_dir.mkdir()

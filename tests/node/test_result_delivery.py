@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from config.settings import Settings
-from node.job_runner import JobRunner, job_workspace
-from node.service import open_storage
-from storage.jobs import create_job
-from storage.models import Job, JobDelivery, JobEvent, JobState, Study, utc_now
+from segnode.config.settings import Settings
+from segnode.node.jobs.runner import JobRunner, job_workspace
+from segnode.node.service import open_storage
+from segnode.storage.job_states import JobState
+from segnode.storage.jobs import create_job
+from segnode.storage.models import Job, JobDelivery, JobEvent, Study, utc_now
 from tests.dcmtk_peers import Storescp
 from tests.helpers import free_port, require_shared_data
 

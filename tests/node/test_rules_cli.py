@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from node.cli import app
+from segnode.node.cli import app
 from tests.helpers import require_shared_data
 
 

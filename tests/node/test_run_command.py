@@ -16,7 +16,7 @@ import pydicom
 import pytest
 from typer.testing import CliRunner
 
-from node.cli import app
+from segnode.node.cli import app
 from tests.fixtures.dicom_study import BuiltSeries
 from tests.pipeline.outputs.dicom_checks import dciodvfy, unexpected_warnings
 

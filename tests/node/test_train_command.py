@@ -1,4 +1,4 @@
-"""`segnode train` through its own Typer app (node/cli.py wires the same ``register``)."""
+"""`segnode train` through its own Typer app (node/cli/__init__.py wires the same ``register``)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from node.commands import train as train_command
-from pipeline.model import training
-from pipeline.model.manifest import ModelManifest
+from segnode.node.cli import train as train_command
+from segnode.pipeline.model.manifest import ModelManifest
+from segnode.pipeline.training import trainer as training
 from tests.helpers import SHARED_DATA, require_data
 
 TCGA = SHARED_DATA / "nifti" / "TCGA-FG-6692_sri24_skullstripped"

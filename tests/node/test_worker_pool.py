@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from node.worker_pool import StepTimeoutError, WorkerCrashedError, WorkerPool
-from pipeline.model.registry import ModelRegistry
-from pipeline.model.segmentation import SegmentationRequest, segment
+from segnode.node.jobs.worker_pool import StepTimeoutError, WorkerCrashedError, WorkerPool
+from segnode.pipeline.model.registry import ModelRegistry
+from segnode.pipeline.model.segmentation import SegmentationRequest, segment
 from tests.helpers import wait_for
 from tests.pipeline.model.tiny_model import write_model_folder
 
@@ -78,7 +78,7 @@ def _log_like_a_step_reading_hostile_bytes() -> int:
 
     warnings.warn("The value length (911) exceeds ... CANARY^PATIENT", UserWarning, stacklevel=1)
     logging.getLogger("pydicom").warning("Invalid value for VR UI: 'CANARY^PATIENT'")
-    logging.getLogger("pipeline.steps").info("step line from a worker")
+    logging.getLogger("segnode.pipeline.steps").info("step line from a worker")
     return os.getpid()
 
 
@@ -93,5 +93,5 @@ def test_workers_log_json_with_third_party_text_withheld(capfd: pytest.CaptureFi
     err = capfd.readouterr().err
     lines = [json.loads(line) for line in err.splitlines() if line.strip()]
     assert "CANARY" not in err
-    assert any(line.get("logger") == "pipeline.steps" for line in lines)
+    assert any(line.get("logger") == "segnode.pipeline.steps" for line in lines)
     assert sum("withheld" in line["message"] for line in lines) >= 2

@@ -16,7 +16,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from pipeline.brain_extraction import (
+from segnode.pipeline.brain_extraction import (
     BrainMask,
     apply_mask,
     check_plausible_volume,
@@ -26,7 +26,7 @@ from pipeline.brain_extraction import (
     to_nifti,
     volume_ml,
 )
-from pipeline.errors import BrainExtractionError
+from segnode.pipeline.errors import BrainExtractionError
 from tests.helpers import SHARED_DATA, require_shared_data
 
 NATIVE_T1C = SHARED_DATA / "nifti" / "TCGA-FG-6692_native_siemens" / "t1c.nii.gz"

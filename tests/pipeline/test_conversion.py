@@ -12,8 +12,8 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from pipeline.conversion import SpacingPolicy, convert_series
-from pipeline.errors import ConversionError
+from segnode.pipeline.conversion import SpacingPolicy, convert_series
+from segnode.pipeline.errors import ConversionError
 from tests.helpers import require_shared_data, require_tool
 
 EXPECTED = {

@@ -10,12 +10,17 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from config.settings import PreprocessingSettings
-from pipeline.brain_extraction import extract_brain
-from pipeline.conversion import ConvertedVolume, convert_series
-from pipeline.preprocessing import CHANNEL_ORDER, PreprocessedStudy, labels_to_source, preprocess
-from pipeline.registration import register_rigid, resample_onto
-from pipeline.selection import Role
+from segnode.config.settings import PreprocessingSettings
+from segnode.pipeline.brain_extraction import extract_brain
+from segnode.pipeline.conversion import ConvertedVolume, convert_series
+from segnode.pipeline.preprocessing import (
+    CHANNEL_ORDER,
+    PreprocessedStudy,
+    labels_to_source,
+    preprocess,
+)
+from segnode.pipeline.registration import register_rigid, resample_onto
+from segnode.pipeline.selection import Role
 from tests.helpers import SHARED_DATA, require_data, require_shared_data
 
 SRI24_CASE = SHARED_DATA / "nifti" / "TCGA-FG-6692_sri24_skullstripped"
@@ -121,7 +126,7 @@ def test_label_map_returns_to_the_t1c_source_geometry(
 def test_wrong_label_shape_is_refused(
     study: PreprocessedStudy, volumes: dict[Role, ConvertedVolume]
 ) -> None:
-    from pipeline.errors import PipelineError
+    from segnode.pipeline.errors import PipelineError
 
     with pytest.raises(PipelineError, match="differs from the preprocessing grid"):
         labels_to_source(np.zeros((3, 3, 3), np.uint8), study, volumes[Role.T1C])
@@ -153,7 +158,7 @@ def test_head_first_supine_and_decubitus_give_the_same_anatomy() -> None:
 
 
 def test_missing_channel_is_refused(volumes: dict[Role, ConvertedVolume]) -> None:
-    from pipeline.errors import PipelineError
+    from segnode.pipeline.errors import PipelineError
 
     partial = {role: volume for role, volume in volumes.items() if role is not Role.FLAIR}
     with pytest.raises(PipelineError, match=r"missing \['flair'\]"):

@@ -20,8 +20,8 @@ import numpy.typing as npt
 import pytest
 import SimpleITK as sitk
 
-from pipeline.errors import RegistrationError
-from pipeline.registration import (
+from segnode.pipeline.errors import RegistrationError
+from segnode.pipeline.registration import (
     RigidInit,
     RigidResult,
     RigidSettings,

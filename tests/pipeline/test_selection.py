@@ -8,12 +8,12 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from config.settings import SelectionSettings
-from node.cli import app
-from node.study_files import read_study_folder
-from pipeline.errors import SelectionError
-from pipeline.selection import Role, identify_sequences, require_roles
-from pipeline.sequence_facts import SequenceFacts, facts_from_attributes
+from segnode.config.settings import SelectionSettings
+from segnode.node.cli import app
+from segnode.node.cli.study_folder import read_study_folder
+from segnode.pipeline.errors import SelectionError
+from segnode.pipeline.selection import Role, identify_sequences, require_roles
+from segnode.pipeline.sequence_facts import SequenceFacts, facts_from_attributes
 from tests.helpers import require_shared_data
 
 SETTINGS = SelectionSettings()

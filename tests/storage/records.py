@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from storage.ingest import InstanceRecord
+from segnode.storage.ingest import InstanceRecord
 
 
 def instance_record(sop: str, series: str = "1.2.3.1", study: str = "1.2.3", when: datetime | None = None) -> InstanceRecord:

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import DBAPIError
 
-from storage.database import (
+from segnode.storage.database import (
     create_db_engine,
     current_revision,
     head_revision,
@@ -17,10 +17,10 @@ from storage.database import (
     require_current_schema,
     upgrade_to_head,
 )
-from storage.errors import DatabaseSchemaError
-from storage.ingest import record_instance
-from storage.jobs import append_job_event, create_job
-from storage.models import Instance, JobEvent, Series, Study, StudyState
+from segnode.storage.errors import DatabaseSchemaError
+from segnode.storage.ingest import record_instance
+from segnode.storage.jobs import append_job_event, create_job
+from segnode.storage.models import Instance, JobEvent, Series, Study, StudyState
 from tests.storage.records import instance_record as _record
 
 
@@ -122,7 +122,7 @@ def test_migrations_create_exactly_what_the_models_declare(database_url: str) ->
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from storage.models import Base
+    from segnode.storage.models import Base
 
     engine = create_db_engine(database_url)
     upgrade_to_head(engine)
@@ -139,8 +139,8 @@ def test_recording_refuses_to_merge_two_patients_or_two_studies(database_url: st
     """The transaction-time check behind the receiver's pre-check (two senders racing)."""
     from dataclasses import replace
 
-    from storage.errors import IdentityConflictError
-    from storage.instance_writer import InstanceWriter
+    from segnode.storage.errors import IdentityConflictError
+    from segnode.storage.instance_writer import InstanceWriter
 
     engine = create_db_engine(database_url)
     upgrade_to_head(engine)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from storage.database import create_db_engine, upgrade_to_head
-from storage.errors import DiskFloorError, FileGroupError
-from storage.filestore import FileStore
+from segnode.storage.database import create_db_engine, upgrade_to_head
+from segnode.storage.errors import DiskFloorError, FileGroupError
+from segnode.storage.filestore import FileStore
 
 MIB = 1024 * 1024
 RELATIVE = Path("1.2.3", "1.2.3.4", "1.2.3.4.5.dcm")

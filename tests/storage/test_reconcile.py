@@ -19,13 +19,13 @@ import pydicom
 from pynetdicom import AE
 from sqlalchemy import event, select
 
-from config.settings import Settings
-from node.service import Node, open_storage
-from storage.database import create_db_engine, make_session_factory, upgrade_to_head
-from storage.filestore import FileStore
-from storage.ingest import InstanceRecord, open_association, record_instances
-from storage.models import Association, AssociationOutcome
-from storage.reconcile import (
+from segnode.config.settings import Settings
+from segnode.node.service import Node, open_storage
+from segnode.storage.database import create_db_engine, make_session_factory, upgrade_to_head
+from segnode.storage.filestore import FileStore
+from segnode.storage.ingest import InstanceRecord, open_association, record_instances
+from segnode.storage.models import Association, AssociationOutcome
+from segnode.storage.reconcile import (
     NO_RESPONSE_STATUS,
     ORPHAN_REASON,
     end_open_associations,

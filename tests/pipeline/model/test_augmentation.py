@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.model.augmentation import (
+from segnode.pipeline.training.augmentation import (
     AugmentationParams,
     apply_augmentation,
     flip_axes,

@@ -9,7 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline.model.brats_data import (
+from segnode.pipeline.model.manifest import ROLES
+from segnode.pipeline.training.brats_data import (
     BratsCase,
     TrainingDataError,
     file_role,
@@ -18,7 +19,6 @@ from pipeline.model.brats_data import (
     load_case,
     normalise_nonzero,
 )
-from pipeline.model.manifest import ROLES
 from tests.helpers import SHARED_DATA, require_data
 
 NIFTI = SHARED_DATA / "nifti"

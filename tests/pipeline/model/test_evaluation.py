@@ -11,19 +11,19 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pipeline.errors import EvaluationError
-from pipeline.model.evaluation import (
-    BRATS_EMPTY_HD95_MM,
-    case_id,
-    evaluate_pair,
-    evaluate_paths,
-)
-from pipeline.model.labels import (
+from segnode.pipeline.errors import EvaluationError
+from segnode.pipeline.model.labels import (
     REGIONS,
     LabelConvention,
     convert_labels,
     detect_convention,
     labels_to_regions,
+)
+from segnode.pipeline.training.evaluation import (
+    BRATS_EMPTY_HD95_MM,
+    case_id,
+    evaluate_pair,
+    evaluate_paths,
 )
 from tests.helpers import SHARED_DATA, require_data
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import torch
 
-from pipeline.model.export import export_for_inference
-from pipeline.model.loading import load_model_folder
-from pipeline.model.manifest import ArchitectureSpec, ModelManifest
-from pipeline.model.network import build_network, segmentation_logits
-from pipeline.model.weights import sha256_of_file
+from segnode.pipeline.model.loading import load_model_folder
+from segnode.pipeline.model.manifest import ArchitectureSpec, ModelManifest
+from segnode.pipeline.model.network import build_network, segmentation_logits
+from segnode.pipeline.model.weights import sha256_of_file
+from segnode.pipeline.training.export import export_for_inference
 
 
 def _vae_model(folder: Path) -> torch.nn.Module:

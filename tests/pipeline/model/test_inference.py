@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import InferenceError
-from pipeline.model.inference import (
+from segnode.pipeline.errors import InferenceError
+from segnode.pipeline.model.inference import (
     DEFAULT_WINDOW,
     FLIPS,
     choose_roi,
@@ -24,8 +24,8 @@ from pipeline.model.inference import (
     predict_regions,
     region_order,
 )
-from pipeline.model.labels import ED, NCR, LabelConvention
-from pipeline.model.network import segmentation_logits
+from segnode.pipeline.model.labels import ED, NCR, LabelConvention
+from segnode.pipeline.model.network import segmentation_logits
 from tests.pipeline.model.tiny_model import tiny_network
 
 CPU = torch.device("cpu")

@@ -8,8 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.model.errors import CorruptModelError, InvalidManifestError, WeightsMismatchError
-from pipeline.model.loading import load_model_folder
+from segnode.pipeline.model.errors import (
+    CorruptModelError,
+    InvalidManifestError,
+    WeightsMismatchError,
+)
+from segnode.pipeline.model.loading import load_model_folder
 from tests.pipeline.model.tiny_model import tiny_network, write_model_folder
 
 

@@ -8,7 +8,9 @@ import pytest
 import torch
 from monai.networks.nets.segresnet import SegResNetVAE
 
-from pipeline.model.losses import (
+from segnode.pipeline.model.manifest import ArchitectureSpec
+from segnode.pipeline.model.network import build_network
+from segnode.pipeline.training.losses import (
     LossTerms,
     VaeOutputs,
     fixed_sigma_offset,
@@ -19,8 +21,6 @@ from pipeline.model.losses import (
     soft_dice_per_region,
     total_loss,
 )
-from pipeline.model.manifest import ArchitectureSpec
-from pipeline.model.network import build_network
 
 
 def regions(*channels: list[float]) -> torch.Tensor:

@@ -14,23 +14,30 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.model.brats_data import find_case, find_cases, load_case
-from pipeline.model.compact import cached_compact_case, load_compact
-from pipeline.model.cross_validation import (
+from segnode.pipeline.model.inference import predict_regions, resolve_postprocessing
+from segnode.pipeline.model.loading import load_model_folder
+from segnode.pipeline.model.manifest import ArchitectureSpec, ModelManifest, PostprocessingSpec
+from segnode.pipeline.model.network import MeanOfMembers, build_network
+from segnode.pipeline.model.resolution import block_mean, upsample
+from segnode.pipeline.training.brats_data import find_case, find_cases, load_case
+from segnode.pipeline.training.compact import cached_compact_case, load_compact
+from segnode.pipeline.training.cross_validation import (
     CvConfig,
     confusion_matrix,
     predict_compact,
     run_cross_validation,
 )
-from pipeline.model.ensemble import pack_ensemble
-from pipeline.model.folds import FOLDS, PATIENT_ALIASES, FoldError, fold_of, patient_of, split
-from pipeline.model.inference import predict_regions, resolve_postprocessing
-from pipeline.model.loading import load_model_folder
-from pipeline.model.manifest import ArchitectureSpec, ModelManifest, PostprocessingSpec
-from pipeline.model.network import MeanOfMembers, build_network
-from pipeline.model.recipes import RECIPES, get_recipe, recipe_loss
-from pipeline.model.resolution import block_mean, upsample
-from pipeline.model.training import TrainConfig, train
+from segnode.pipeline.training.ensemble import pack_ensemble
+from segnode.pipeline.training.folds import (
+    FOLDS,
+    PATIENT_ALIASES,
+    FoldError,
+    fold_of,
+    patient_of,
+    split,
+)
+from segnode.pipeline.training.recipes import RECIPES, get_recipe, recipe_loss
+from segnode.pipeline.training.trainer import TrainConfig, train
 from tests.helpers import SHARED_DATA, require_data
 from tests.pipeline.model.tiny_model import write_model_folder
 

@@ -22,9 +22,9 @@ import typer
 from monai.networks.nets.segresnet import SegResNet
 from typer.testing import CliRunner
 
-from node.commands.models import register
-from pipeline.model.channel_names import input_role, output_region
-from pipeline.model.errors import (
+from segnode.node.cli.models import register
+from segnode.pipeline.model.bundle.channel_names import input_role, output_region
+from segnode.pipeline.model.errors import (
     BundleImportError,
     ChannelNameError,
     CorruptModelError,
@@ -32,7 +32,7 @@ from pipeline.model.errors import (
     ModelNotFoundError,
     WeightsMismatchError,
 )
-from pipeline.model.registry import ModelRegistry
+from segnode.pipeline.model.registry import ModelRegistry
 
 BUNDLE = "brats_mri_segmentation"
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from config.settings import ModelSettings
-from pipeline.model.cross_validation import LABEL_NAMES, confusion_matrix
-from pipeline.model.evaluation import evaluate_pair
-from pipeline.model.folds import FOLDS
-from pipeline.model.labels import LabelConvention, convert_labels
-from pipeline.model.prediction import predict_case
-from pipeline.model.registry import BUILTIN_MODELS, node_registry
+from segnode.config.settings import ModelSettings
+from segnode.pipeline.model.labels import LabelConvention, convert_labels
+from segnode.pipeline.model.registry import BUILTIN_MODELS, node_registry
+from segnode.pipeline.training.cross_validation import LABEL_NAMES, confusion_matrix
+from segnode.pipeline.training.evaluation import evaluate_pair
+from segnode.pipeline.training.folds import FOLDS
+from segnode.pipeline.training.prediction import predict_case
 from tests.helpers import SHARED_DATA, require_data
 
 DEFAULT = "segnode-brats22-v1"

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.model.augmentation import pad_and_crop
-from pipeline.model.brats_data import BratsCase, find_case, load_case
-from pipeline.model.losses import segmentation_dice_loss
-from pipeline.model.manifest import ArchitectureSpec, ModelManifest
-from pipeline.model.network import build_network, segmentation_logits
-from pipeline.model.training import (
+from segnode.pipeline.model.manifest import ArchitectureSpec, ModelManifest
+from segnode.pipeline.model.network import build_network, segmentation_logits
+from segnode.pipeline.training.augmentation import pad_and_crop
+from segnode.pipeline.training.brats_data import BratsCase, find_case, load_case
+from segnode.pipeline.training.losses import segmentation_dice_loss
+from segnode.pipeline.training.trainer import (
     INIT_REPORT_NAME,
     StepReport,
     TrainConfig,

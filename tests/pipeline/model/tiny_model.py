@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.model.manifest import ArchitectureSpec, ModelManifest
-from pipeline.model.network import build_network
+from segnode.pipeline.model.manifest import ArchitectureSpec, ModelManifest
+from segnode.pipeline.model.network import build_network
 
 TINY_ARCHITECTURE = ArchitectureSpec(name="SegResNet", init_filters=8, vae_input_shape=None)
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from config.settings import OutputKind, OutputSettings, SrRegionReference
-from pipeline.conversion import convert_series
-from pipeline.outputs import write_results
+from segnode.config.settings import OutputKind, OutputSettings, SrRegionReference
+from segnode.pipeline.conversion import convert_series
+from segnode.pipeline.outputs import write_results
 from tests.fixtures.dicom_study import BuiltSeries
 from tests.pipeline.outputs.dicom_checks import PROVENANCE, T1cCase, Written, synthetic_labels
 

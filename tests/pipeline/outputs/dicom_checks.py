@@ -10,9 +10,9 @@ import numpy as np
 import SimpleITK as sitk
 from numpy.typing import NDArray
 
-from config.settings import OutputSettings
-from pipeline.conversion import ConvertedVolume
-from pipeline.outputs import AlgorithmProvenance, ResultsRecord
+from segnode.config.settings import OutputSettings
+from segnode.pipeline.conversion import ConvertedVolume
+from segnode.pipeline.outputs import AlgorithmProvenance, ResultsRecord
 from tests.fixtures.dicom_study import BuiltSeries
 from tests.helpers import require_tool
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from skimage.draw import polygon2mask
 
-from pipeline.outputs import OutputError
-from pipeline.outputs.outlines import mask_outlines
+from segnode.pipeline.outputs import OutputError
+from segnode.pipeline.outputs.outlines import mask_outlines
 
 
 def fill(outlines: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:

@@ -6,11 +6,16 @@ import numpy as np
 import pydicom
 import pytest
 
-from pipeline.outputs import Region
-from pipeline.outputs.pdf_report import key_slice, render_page
-from pipeline.outputs.provenance import series_description
-from pipeline.outputs.regions import LabelConvention, label_array, region_masks, region_statistics
-from pipeline.outputs.source import load_source_series
+from segnode.pipeline.outputs import Region
+from segnode.pipeline.outputs.pdf_report import key_slice, render_page
+from segnode.pipeline.outputs.provenance import series_description
+from segnode.pipeline.outputs.regions import (
+    LabelConvention,
+    label_array,
+    region_masks,
+    region_statistics,
+)
+from segnode.pipeline.outputs.source import load_source_series
 from tests.fixtures.dicom_study import PatientTags
 from tests.pipeline.outputs.dicom_checks import (
     PROVENANCE,

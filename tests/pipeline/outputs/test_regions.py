@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pipeline.outputs import OutputError, OutputSpecError, Region, volumes_ml
-from pipeline.outputs.regions import LabelConvention
+from segnode.pipeline.outputs import OutputError, OutputSpecError, Region, volumes_ml
+from segnode.pipeline.outputs.regions import LabelConvention
 
 
 def image(array: np.ndarray, spacing: tuple[float, float, float] = (0.5, 2.0, 3.0)) -> sitk.Image:

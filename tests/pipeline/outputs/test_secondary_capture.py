@@ -7,7 +7,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from pipeline.outputs.provenance import series_description
+from segnode.pipeline.outputs.provenance import series_description
 from tests.pipeline.outputs.dicom_checks import T1cCase, Written, dciodvfy, unexpected_warnings
 
 

@@ -8,8 +8,8 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from pipeline.outputs import codes
-from pipeline.outputs.provenance import series_description
+from segnode.pipeline.outputs import codes
+from segnode.pipeline.outputs.provenance import series_description
 from tests.pipeline.outputs.dicom_checks import (
     PROVENANCE,
     T1cCase,

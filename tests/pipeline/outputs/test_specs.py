@@ -7,9 +7,15 @@ import dataclasses
 import pytest
 from pydicom.sr.codedict import codes
 
-from config.settings import OutputSettings
-from pipeline.outputs import AlgorithmProvenance, OutputSpecError, Region, SegmentSpec, SeriesSpec
-from pipeline.outputs.provenance import LO_MAX_CHARS
+from segnode.config.settings import OutputSettings
+from segnode.pipeline.outputs import (
+    AlgorithmProvenance,
+    OutputSpecError,
+    Region,
+    SegmentSpec,
+    SeriesSpec,
+)
+from segnode.pipeline.outputs.provenance import LO_MAX_CHARS
 from tests.pipeline.outputs.dicom_checks import PROVENANCE
 
 

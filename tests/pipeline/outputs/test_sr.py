@@ -9,9 +9,9 @@ import pytest
 import SimpleITK as sitk
 from skimage.draw import polygon2mask
 
-from pipeline.outputs import ALL_REGIONS, Region, codes, volumes_ml
-from pipeline.outputs.provenance import series_description
-from pipeline.outputs.regions import LabelConvention, region_masks
+from segnode.pipeline.outputs import ALL_REGIONS, Region, codes, volumes_ml
+from segnode.pipeline.outputs.provenance import series_description
+from segnode.pipeline.outputs.regions import LabelConvention, region_masks
 from tests.pipeline.outputs.dicom_checks import (
     PROVENANCE,
     T1cCase,

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from config.settings import OutputSettings, SrRegionReference
-from pipeline.conversion import convert_series
-from pipeline.outputs import OutputError, OutputSpecError, Region, write_results
-from pipeline.outputs import writer as writer_module
+from segnode.config.settings import OutputSettings, SrRegionReference
+from segnode.pipeline.conversion import convert_series
+from segnode.pipeline.outputs import OutputError, OutputSpecError, Region, write_results
+from segnode.pipeline.outputs import writer as writer_module
 from tests.helpers import require_shared_data
 from tests.pipeline.outputs.dicom_checks import (
     PROVENANCE,

@@ -1,0 +1,202 @@
+"""``segnode train``: train the paper's network on BraTS-style case folders.
+
+A thin entry point: it maps options onto :class:`segnode.pipeline.training.trainer.TrainConfig`,
+prints one line per step, and reports the model folder. Everything else lives in
+``segnode.pipeline.training.trainer`` so it can be tested and reused without a command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from segnode.config.errors import SegnodeError
+from segnode.node.cli.progress import StepBar
+from segnode.pipeline.training.augmentation import PAPER_CROP
+
+
+def _describe_init(init: dict[str, object]) -> str:
+    missing, unexpected = init["missing"], init["unexpected"]
+    assert isinstance(missing, list) and isinstance(unexpected, list)
+    return (
+        f"initial weights: model {init['model_id']} (sha256 {str(init['weights_sha256'])[:12]}), "
+        f"{init['loaded']} tensors loaded; {len(missing)} missing (start fresh): "
+        f"{', '.join(missing) or 'none'}; {len(unexpected)} unexpected (not loaded): "
+        f"{', '.join(unexpected) or 'none'}"
+    )
+
+
+def train(
+    out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoint, log, model/.")],
+    case: Annotated[
+        list[Path] | None,
+        typer.Option("--case", help="A labelled case folder (repeatable).", file_okay=False),
+    ] = None,
+    root: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--root", help="Folder searched for labelled cases (repeatable).", file_okay=False
+        ),
+    ] = None,
+    val_case: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--val-case", help="A labelled validation case folder (repeatable).", file_okay=False
+        ),
+    ] = None,
+    val_every: Annotated[
+        int, typer.Option("--val-every", help="Validate after every N-th epoch and the last.")
+    ] = 1,
+    epochs: Annotated[int, typer.Option(help="Epochs (each case once per epoch).")] = 300,
+    crop: Annotated[
+        tuple[int, int, int],
+        typer.Option(help="Training crop X Y Z (multiples of 16 with the VAE)."),
+    ] = PAPER_CROP,
+    filters: Annotated[int, typer.Option(help="init_filters: 32 (paper) or 16.")] = 32,
+    vae: Annotated[
+        bool, typer.Option("--vae/--no-vae", help="SegResNetVAE (paper) or SegResNet.")
+    ] = True,
+    seed: Annotated[int, typer.Option(help="Seed for every random draw.")] = 0,
+    foreground_crops: Annotated[
+        float,
+        typer.Option(
+            "--foreground-crops",
+            help="Share of crops centred on tumour (0 = the paper's uniform crop).",
+        ),
+    ] = 0.0,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the run folder's checkpoint.")
+    ] = False,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda or cuda:N (default: CUDA if present).")
+    ] = None,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", help="At most N steps per epoch.")
+    ] = None,
+    fp16_weights: Annotated[
+        bool, typer.Option("--fp16-weights", help="Store model.pt in float16.")
+    ] = False,
+    model_id: Annotated[
+        str | None, typer.Option("--model-id", help="Manifest id of the trained model.")
+    ] = None,
+    learning_rate: Annotated[
+        float, typer.Option("--lr", help="Initial Adam learning rate (paper: 1e-4).")
+    ] = 1e-4,
+    init_weights: Annotated[
+        str | None,
+        typer.Option(
+            "--init-weights",
+            help=(
+                "Start from a model's weights (fine-tuning): a model folder or a model id "
+                "(registry or built-in). The segmentation path must load fully; the VAE "
+                "branch starts fresh. Ignored with --resume."
+            ),
+        ),
+    ] = None,
+    note: Annotated[str, typer.Option(help="Appended to the manifest's training_data.")] = "",
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            help=(
+                "A named recipe (pipeline/training/recipes.py: paper-vae, paper-novae, "
+                "unet-bce-dice, segresnet-bce-dice): it sets network, loss, crop, grid, "
+                "crop sampling and learning rate, in place of --filters/--vae/--crop/--lr/"
+                "--foreground-crops."
+            )
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Crops per step.")] = 1,
+    cache: Annotated[
+        Path | None,
+        typer.Option(help="Folder for compact brain-cropped copies of the cases (faster reruns)."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Train SegResNetVAE as in Myronenko 2018 and write a model folder with its manifest."""
+    try:
+        # Imported here: torch and MONAI stay out of every other segnode command.
+        from segnode.pipeline.training import trainer as training
+
+        init_folder = None
+        if init_weights is not None:
+            from segnode.node.cli.predict import resolve_model
+
+            init_folder = resolve_model(init_weights)
+        from segnode.pipeline.training.recipes import get_recipe
+
+        chosen = None
+        if recipe is not None:
+            try:
+                chosen = get_recipe(recipe)
+            except KeyError as exc:
+                raise typer.BadParameter(str(exc.args[0]), param_hint="--recipe") from exc
+        config = training.TrainConfig(
+            out_dir=out,
+            cases=tuple(case or ()),
+            data_roots=tuple(root or ()),
+            val_cases=tuple(val_case or ()),
+            val_every=val_every,
+            epochs=epochs,
+            crop=crop,
+            init_filters=filters,
+            vae=vae,
+            seed=seed,
+            foreground_probability=foreground_crops,
+            resume=resume,
+            device=device,
+            max_steps_per_epoch=max_steps,
+            fp16_weights=fp16_weights,
+            model_id=model_id,
+            training_data_note=note,
+            learning_rate=learning_rate,
+            init_weights=init_folder,
+            batch_size=batch_size,
+            cache_dir=cache,
+        )
+        if chosen is not None:
+            config = dataclasses.replace(
+                config,
+                crop=chosen.crop,
+                network=chosen.architecture,
+                bce_weight=chosen.bce_weight,
+                spacing_mm=chosen.spacing_mm,
+                foreground_probability=chosen.foreground_probability,
+                learning_rate=chosen.learning_rate,
+                recipe=chosen.name,
+            )
+        bar = None if quiet else StepBar(None, f"train {recipe or ''}".strip())
+        try:
+            result = training.train(config, progress=bar)
+        finally:
+            if bar is not None:
+                bar.close()
+    except SegnodeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    summary = {
+        "model_dir": str(result.model_dir),
+        "manifest": str(result.manifest_path),
+        "log": str(result.log_path),
+        "first_epoch": result.first_epoch,
+        "epochs_completed": result.epochs_completed,
+        "metrics": result.metrics,
+        "init_weights": result.init_weights,
+    }
+    if json_output:
+        json.dump(summary, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        if result.init_weights is not None:
+            typer.echo(_describe_init(result.init_weights))
+        typer.echo(f"model folder: {result.model_dir} ({result.epochs_completed} epochs)")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``train`` to the segnode CLI (node/cli/__init__.py calls this)."""
+    app.command("train")(train)

@@ -1,1 +1,0 @@
-"""Sub-commands of the segnode CLI that live in their own modules (wired in node/cli.py)."""

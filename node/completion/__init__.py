@@ -1,0 +1,1 @@
+"""Completion: when a study is ready (the pure rule), the monitor that applies it, and routing rules."""

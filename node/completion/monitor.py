@@ -1,0 +1,304 @@
+"""The loop that applies completion decisions to the studies in the database.
+
+Why the database and not memory: every timer is derived from stored times
+(last instance, association close), so after a restart the monitor simply
+carries on. Firing is an optimistic state change (``WHERE state = 'receiving'
+AND last_received_at = <snapshot>``): an instance that arrives while the
+monitor decides wins, and two monitors sharing one PostgreSQL cannot both fire.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from segnode.config.settings import (
+    CompletionSettings,
+    LateSeriesPolicy,
+    RoutingAction,
+    RoutingSettings,
+    SelectionSettings,
+)
+from segnode.node.completion.routing import RoutingDecision, SeriesFacts, route_study
+from segnode.node.completion.rule import (
+    CompletionDecision,
+    SeriesTiming,
+    StudySnapshot,
+    Verdict,
+    decide,
+    series_roles,
+)
+from segnode.node.logs import log_context
+from segnode.pipeline.selection import identify_sequences
+from segnode.pipeline.sequence_facts import facts_from_attributes
+from segnode.storage.ingest import record_node_event
+from segnode.storage.job_states import JobState
+from segnode.storage.jobs import append_job_event, attach_series, create_job, latest_job
+from segnode.storage.models import (
+    Association,
+    Instance,
+    Series,
+    Study,
+    StudyAssociation,
+    StudyState,
+    UtcDateTime,
+    utc_now,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StudyOutcome:
+    """What one tick did to one study (for tests and the log)."""
+
+    study_id: int
+    verdict: Verdict
+    new_state: str | None
+    reason: str
+    job_id: int | None = None
+
+
+class CompletionMonitor:
+    """Evaluates receiving studies every ``check_interval_s`` (or when woken)."""
+
+    def __init__(
+        self,
+        completion: CompletionSettings,
+        routing: RoutingSettings,
+        sessions: sessionmaker[Session],
+        selection: SelectionSettings | None = None,
+        on_job: Callable[[], None] | None = None,
+    ) -> None:
+        self._on_job = on_job
+        """Called after a tick created or extended a job (the job runner's wake)."""
+        self._completion = completion
+        self._routing = routing
+        self._selection = selection or SelectionSettings()
+        self._sessions = sessions
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def wake(self) -> None:
+        """Re-evaluate soon (an association just closed)."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="completion-monitor", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - the monitor must outlive one bad tick
+                log.exception("completion tick failed; retrying next interval")
+            self._wake.wait(self._completion.check_interval_s)
+            self._wake.clear()
+
+    def tick(self, now: datetime | None = None) -> list[StudyOutcome]:
+        """Evaluate every study in ``receiving`` once."""
+        now = now or utc_now()
+        with self._sessions() as session:
+            study_ids = list(
+                session.execute(
+                    select(Study.id).where(Study.state == StudyState.RECEIVING).order_by(Study.id)
+                ).scalars()
+            )
+        outcomes = []
+        for study_id in study_ids:
+            with log_context(study_id=study_id):
+                outcome = self._evaluate(study_id, now)
+            if outcome is not None:
+                outcomes.append(outcome)
+        if self._on_job is not None and any(o.job_id is not None for o in outcomes):
+            self._on_job()
+        return outcomes
+
+    def _series_facts(self, session: Session, study: Study) -> list[SeriesFacts]:
+        called: dict[int, set[str]] = defaultdict(set)
+        calling: dict[int, set[str]] = defaultdict(set)
+        rows = session.execute(
+            select(Instance.series_id, Instance.called_ae, Instance.calling_ae)
+            .join(Series, Series.id == Instance.series_id)
+            .where(Series.study_id == study.id)
+            .distinct()
+        )
+        for series_id, called_ae, calling_ae in rows:
+            called[series_id].add(called_ae)
+            calling[series_id].add(calling_ae)
+        return [
+            SeriesFacts(
+                series_instance_uid=series.series_instance_uid,
+                attributes=series.attributes,
+                called_ae_titles=frozenset(called[series.id]),
+                calling_ae_titles=frozenset(calling[series.id]),
+            )
+            for series in study.series
+        ]
+
+    def _snapshot(self, session: Session, study: Study) -> StudySnapshot:
+        open_count, last_closed = session.execute(
+            select(
+                func.count(Association.id).filter(Association.ended_at.is_(None)),
+                func.max(Association.ended_at, type_=UtcDateTime()),
+            )
+            .join(StudyAssociation, StudyAssociation.association_id == Association.id)
+            .where(StudyAssociation.study_id == study.id)
+        ).one()
+        patterns = self._completion.role_patterns
+        return StudySnapshot(
+            receiving_since=study.state_changed_at,
+            last_received_at=study.last_received_at,
+            series=tuple(
+                SeriesTiming(
+                    series.series_instance_uid,
+                    series.last_received_at,
+                    series_roles(series.attributes, patterns),
+                )
+                for series in study.series
+            ),
+            open_associations=int(open_count or 0),
+            last_association_closed_at=last_closed,
+        )
+
+    def _evaluate(self, study_id: int, now: datetime) -> StudyOutcome | None:
+        with self._sessions.begin() as session:
+            study = session.get(Study, study_id)
+            if study is None or study.state != StudyState.RECEIVING:
+                return None
+            route = route_study(self._routing, self._series_facts(session, study))
+            policy = self._completion.profiles[route.completion_profile]
+            decision = decide(self._snapshot(session, study), policy, now)
+
+            if decision.verdict is Verdict.WAIT:
+                if decision.deadline_passed and study.deadline_passed_at is None:
+                    study.deadline_passed_at = now
+                    record_node_event(
+                        session, "deadline_passed", {"reason": decision.reason}, study_id=study_id
+                    )
+                    log.warning(
+                        "study deadline passed; waiting on", extra={"reason": decision.reason}
+                    )
+                return None
+            return self._conclude(session, study, route, decision, now)
+
+    def _conclude(
+        self,
+        session: Session,
+        study: Study,
+        route: RoutingDecision,
+        decision: CompletionDecision,
+        now: datetime,
+    ) -> StudyOutcome | None:
+        if decision.verdict is Verdict.DISCARD:
+            new_state, reason = StudyState.DISCARDED, decision.reason
+        elif route.action is RoutingAction.IGNORE:
+            new_state = StudyState.IGNORED
+            reason = f"{decision.reason}; not processed: {route.explanation}"
+        else:
+            new_state, reason = StudyState.COMPLETE, f"{decision.reason}; {route.explanation}"
+
+        changed = session.execute(
+            update(Study)
+            .where(
+                Study.id == study.id,
+                Study.state == StudyState.RECEIVING,
+                Study.last_received_at == study.last_received_at,
+            )
+            .values(
+                state=new_state,
+                state_reason=reason,
+                state_changed_at=now,
+                routing_rule=route.rule,
+                times_fired=Study.times_fired + (1 if new_state == StudyState.COMPLETE else 0),
+            )
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+        if changed != 1:
+            return None  # an instance arrived meanwhile, or another node decided
+
+        detail: dict[str, object] = {
+            "reason": reason,
+            "rule": route.rule,
+            "missing_roles": list(decision.missing_roles),
+            "rules_evaluated": [
+                {"rule": e.rule, "matched": e.matched, "reasons": e.reasons}
+                for e in route.evaluations
+            ],
+        }
+        job_id = None
+        if new_state == StudyState.COMPLETE:
+            job_id = self._job_for(session, study, reason, route.rule, detail)
+        record_node_event(
+            session, f"study_{new_state}", detail | {"job_id": job_id}, study_id=study.id
+        )
+        # The routing explanation names the matched Series Instance UID: DEBUG only
+        # (the full reason is in the study row and its node event).
+        log.info(
+            "study %s",
+            new_state,
+            extra={"reason": decision.reason, "rule": route.rule, "job_id": job_id},
+        )
+        log.debug("study routed", extra={"explanation": route.explanation})
+        return StudyOutcome(study.id, decision.verdict, new_state, reason, job_id)
+
+    def _job_for(
+        self,
+        session: Session,
+        study: Study,
+        reason: str,
+        rule: str | None,
+        detail: dict[str, object],
+    ) -> int:
+        series_ids = [series.id for series in study.series]
+        previous = latest_job(session, study.id)
+        late_policy = self._completion.late_series
+        if (
+            previous is not None
+            and late_policy is LateSeriesPolicy.ATTACH
+            and previous.state == JobState.RECEIVED
+        ):
+            attach_series(session, previous, series_ids, f"late series attached: {reason}")
+            return previous.id
+        if previous is not None:
+            detail = detail | {
+                "previous_job_id": previous.id,
+                "late_series_policy": late_policy.value,
+            }
+        job = create_job(
+            session,
+            study_id=study.id,
+            trigger=reason,
+            routing_rule=rule,
+            series_ids=series_ids,
+            detail=detail,
+        )
+        append_job_event(session, job.id, "selection", self._identify(study))
+        return job.id
+
+    def _identify(self, study: Study) -> dict[str, object]:
+        """Sequence identification from the captured headers, recorded with the job."""
+        facts = [
+            facts_from_attributes(
+                series.series_instance_uid,
+                series.attributes,
+                series.instance_count * int(series.attributes.get("NumberOfFrames") or 1),
+            )
+            for series in study.series
+        ]
+        return identify_sequences(facts, self._selection).as_record()

@@ -1,0 +1,1 @@
+"""DICOM C-STORE SCU: presentation contexts, transport, statuses, the sending association."""

@@ -1,0 +1,130 @@
+"""Pipeline steps run in worker processes, never in the DICOM listener's process.
+
+Why separate processes: a step holds the CPU (and the GIL) for seconds to minutes and
+needs gigabytes; the listener must keep answering C-STOREs meanwhile, and a crash in
+native code (CUDA, ITK, a corrupt model) must not take the listener down. Workers start
+with ``spawn`` so they inherit no threads or sockets from the listener; each keeps its
+loaded models between jobs. A worker that dies (killed, out of memory) breaks the pool:
+the pool is rebuilt and the caller sees :class:`WorkerCrashedError`, a transient failure.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import ParamSpec, TypeVar
+
+from segnode.config.errors import TransientError
+from segnode.node.errors import NodeError
+from segnode.node.logs import configure_logging
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs first in every worker: the kernel kills it when the node process dies.
+
+    Without this a worker outlives a kill -9 of the node and goes on writing into the job
+    folder while the restarted node runs the same step again.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _start_worker(log_level: str, log_format: str) -> None:
+    """Runs first in every worker: die with the node, log like the node.
+
+    Why the logging: a spawned process starts with Python's defaults, so pydicom's
+    value-quoting warnings and a step's own lines would reach the node's stderr
+    as raw text. The same setup as ``segnode serve`` makes them JSON, with
+    third-party text withheld.
+    """
+    _die_with_parent()
+    configure_logging(log_level, log_format)
+
+
+class WorkerCrashedError(NodeError, TransientError):
+    """A worker process died while running a step (transient: the step may run again)."""
+
+
+class StepTimeoutError(NodeError, TransientError, TimeoutError):
+    """A step ran past ``jobs.step_timeout_s`` (transient: it runs again after a backoff)."""
+
+
+class WorkerPool:
+    """``workers`` spawned processes; :meth:`run` blocks until one has answered."""
+
+    def __init__(self, workers: int = 1, log_level: str = "INFO", log_format: str = "json") -> None:
+        self._workers = workers
+        self._log_settings = (log_level, log_format)
+        self._lock = threading.Lock()
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self._workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker,
+            initargs=self._log_settings,
+        )
+
+    def run(
+        self,
+        timeout_s: float | None,
+        function: Callable[P, R],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> R:
+        """``function(*args, **kwargs)`` in a worker; a step past ``timeout_s`` is killed.
+
+        Raises:
+            WorkerCrashedError: the worker died (transient).
+            StepTimeoutError: the step ran past ``timeout_s``; its worker was killed (transient).
+        """
+        with self._lock:
+            pool = self._pool
+        future = pool.submit(function, *args, **kwargs)
+        try:
+            return future.result(timeout=timeout_s)
+        except BrokenProcessPool as exc:
+            self._replace(pool)
+            raise WorkerCrashedError(f"the worker process died: {exc}") from exc
+        except TimeoutError as exc:
+            if future.done():  # the step itself raised TimeoutError
+                raise
+            self._replace(pool)
+            raise StepTimeoutError(
+                f"the step ran longer than {timeout_s:g} s; its worker was stopped"
+            ) from exc
+
+    def _replace(self, pool: ProcessPoolExecutor) -> None:
+        """A broken or hung pool is killed and replaced (other jobs' steps in it re-run)."""
+        with self._lock:
+            if self._pool is pool:
+                self._pool = self._new_pool()
+        _terminate(pool)
+
+    def close(self) -> None:
+        """Stop the workers now: a step in flight is abandoned and re-runs after a restart."""
+        with self._lock:
+            pool = self._pool
+        _terminate(pool)
+
+
+def _terminate(pool: ProcessPoolExecutor) -> None:
+    # Python 3.14 has ProcessPoolExecutor.terminate_workers(); 3.11 needs the private map.
+    processes = list(getattr(pool, "_processes", {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()

@@ -1,0 +1,1 @@
+"""Importing third-party models (MONAI bundles) into segnode manifests, read as data."""
