@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 def _volumes(folder: Path) -> dict[Any, Any]:
     from segnode.pipeline.conversion import convert_series
-    from segnode.pipeline.selection import Role
+    from segnode.vocabulary import Role
 
     return {
         Role(path.name.split("_", 1)[1]): convert_series(sorted(path.iterdir()))
@@ -47,7 +47,7 @@ def step_convert(folder: Path) -> None:
 
 def step_brain_extraction(folder: Path) -> None:
     from segnode.pipeline.brain_extraction import extract_brain
-    from segnode.pipeline.selection import Role
+    from segnode.vocabulary import Role
 
     volumes = _volumes(folder)
     started = time.perf_counter()
@@ -60,7 +60,7 @@ def step_registration(folder: Path) -> None:
 
     from segnode.pipeline.brain_extraction import extract_brain
     from segnode.pipeline.registration import register_rigid
-    from segnode.pipeline.selection import Role
+    from segnode.vocabulary import Role
 
     volumes = _volumes(folder)
     fixed = sitk.Cast(volumes[Role.T1C].image, sitk.sitkFloat32)

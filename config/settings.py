@@ -13,7 +13,7 @@ import re
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -33,6 +33,7 @@ from pydantic_settings import (
 from pydicom.datadict import tag_for_keyword
 
 from segnode.config.errors import ConfigError
+from segnode.vocabulary import OutputKind, Role
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("node.toml")
 ENV_PREFIX = "SEGNODE__"
@@ -172,7 +173,9 @@ class CompletionPolicy(_Section):
     study_quiet_s: PositiveSeconds = 60.0
     association_release_hint: bool = True
     release_grace_s: Annotated[float, Field(ge=0)] = 10.0
-    required_series: list[str] = []
+    required_series: list[Role] = []
+    """Roles that must be present, as sequence identification (``[selection]``) sees them in
+    the headers received so far: the same recogniser that later picks the job's series."""
     deadline_s: PositiveSeconds = 3600.0
     deadline_action: DeadlineAction = DeadlineAction.PROCEED
 
@@ -181,12 +184,6 @@ class CompletionSettings(_Section):
     check_interval_s: PositiveSeconds = 1.0
     late_series: LateSeriesPolicy = LateSeriesPolicy.NEW_JOB
     profiles: dict[str, CompletionPolicy] = {"default": CompletionPolicy()}
-    role_patterns: dict[str, str] = {
-        "t1": r"(?i)(?<![a-z0-9])t1w?(?![a-z0-9])(?!.*(post|gad|\+c|(?<![a-z0-9])km(?![a-z0-9])|contrast|kontrast|(?<![a-z0-9])ce(?![a-z0-9])))",
-        "t1c": r"(?i)(?<![a-z0-9])t1(w|c|ce)?(?![a-z0-9]).*(post|gad|\+c|(?<![a-z0-9])km(?![a-z0-9])|contrast|kontrast|(?<![a-z0-9])ce(?![a-z0-9]))|(?<![a-z0-9])t1ce?(?![a-z0-9])",
-        "t2": r"(?i)(?<![a-z0-9])t2w?(?![a-z0-9])(?!.*(flair|(?<![a-z0-9])ir(?![a-z0-9])))",
-        "flair": r"(?i)flair|(?<![a-z0-9])t2.*(?<![a-z0-9])ir(?![a-z0-9])",
-    }
 
     @field_validator("profiles")
     @classmethod
@@ -194,24 +191,6 @@ class CompletionSettings(_Section):
         if "default" not in profiles:
             raise ValueError("a profile named 'default' is required")
         return profiles
-
-    @field_validator("role_patterns")
-    @classmethod
-    def _patterns_compile(cls, patterns: dict[str, str]) -> dict[str, str]:
-        for role, pattern in patterns.items():
-            _compile(pattern, f"role_patterns.{role}")
-        return patterns
-
-    @model_validator(mode="after")
-    def _required_roles_known(self) -> CompletionSettings:
-        for name, profile in self.profiles.items():
-            unknown = set(profile.required_series) - set(self.role_patterns)
-            if unknown:
-                raise ValueError(
-                    f"profiles.{name}.required_series names {sorted(unknown)}, "
-                    f"which are not in role_patterns ({sorted(self.role_patterns)})"
-                )
-        return self
 
 
 class RoutingAction(StrEnum):
@@ -309,7 +288,9 @@ class SelectionSettings(_Section):
 
     Patterns are case-insensitive regular expressions searched in
     SeriesDescription + ProtocolName; the physics tags (TR, TE, TI, sequence
-    type, contrast agent) are weighed first, the words second.
+    type, contrast agent) are weighed first, the words second. The one recogniser of
+    the node: the completion rule's ``required_series`` and the job's select step both
+    use it, so a study never waits for a series the job would not pick, or the reverse.
     """
 
     contrast_pattern: str = (
@@ -385,8 +366,12 @@ class SrRegionReference(StrEnum):
     """A reference to the DICOM-SEG segment only (OHIF 3.13's SR viewport crashes on it)."""
 
 
-class OutputSettings(_Section):
-    """The DICOM objects a job writes into the source study."""
+class ResultSeriesSettings(_Section):
+    """How the result objects are filed in the source study: series numbers, descriptions.
+
+    Which objects a job writes is not set here: it is every output some destination's
+    ``send`` lists (``segnode.node.delivery.wanted_output_kinds``).
+    """
 
     seg_series_number: Annotated[int, Field(ge=1)] = 9901
     sr_series_number: Annotated[int, Field(ge=1)] = 9902
@@ -398,11 +383,6 @@ class OutputSettings(_Section):
     """Prefix of every result series description: "<this> SEG - not for clinical use"."""
     sr_region_reference: SrRegionReference = SrRegionReference.OUTLINES
     manufacturer: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "segnode"
-
-
-OutputKind = Literal["seg", "sr", "sc", "pdf"]
-#: Every kind, in the order results are written and listed.
-OUTPUT_KINDS: tuple[OutputKind, ...] = get_args(OutputKind)
 
 
 class DestinationTls(_Section):
@@ -424,32 +404,56 @@ class DestinationTls(_Section):
         return self
 
 
-class Destination(_Section):
-    """Where results go: a DICOM AE (C-STORE) or a DICOMweb STOW-RS endpoint."""
+NonEmpty = Annotated[str, StringConstraints(min_length=1)]
+
+
+class _DestinationBase(_Section):
+    """What every destination has, whatever its protocol."""
 
     name: Annotated[str, StringConstraints(min_length=1, max_length=64)]
-    protocol: Literal["dimse", "stow-rs"] = "dimse"
-    ae_title: AeTitle | None = None
-    host: str | None = None
-    port: Port | None = None
-    calling_ae: AeTitle | None = None
-    """The AE title segnode calls as (the PACS must know it); default: listener.ae_title."""
-    url: str | None = None
-    """STOW-RS: the studies endpoint, e.g. http://pacs:8042/dicom-web/studies."""
     send: list[OutputKind] = ["seg", "sr"]
-    """Which results this destination receives; "sc"/"pdf" for viewers without SEG support."""
+    """Which outputs this destination receives; "sc"/"pdf" for viewers without SEG support."""
     timeout_s: PositiveSeconds = 60.0
-    tls: DestinationTls = DestinationTls()
 
     @model_validator(mode="after")
-    def _addressed(self) -> Destination:
-        if self.protocol == "dimse" and not (self.ae_title and self.host and self.port):
-            raise ValueError(f"destination {self.name!r}: dimse needs ae_title, host and port")
-        if self.protocol == "stow-rs" and not self.url:
-            raise ValueError(f"destination {self.name!r}: stow-rs needs url")
+    def _sends_something(self) -> _DestinationBase:
         if not self.send:
             raise ValueError(f"destination {self.name!r}: send lists nothing")
         return self
+
+
+class DimseDestination(_DestinationBase):
+    """A DICOM AE that receives the results by C-STORE."""
+
+    protocol: Literal["dimse"] = "dimse"
+    ae_title: AeTitle
+    host: NonEmpty
+    port: Port
+    calling_ae: AeTitle
+    """The AE title segnode calls as (the PACS must know it). Required here, optional in a
+    site's file: :class:`Settings` fills in ``listener.ae_title`` where a destination leaves
+    it out, so the client never falls back on a default of its own."""
+    tls: DestinationTls = DestinationTls()
+
+
+class StowDestination(_DestinationBase):
+    """A DICOMweb server that receives the results by STOW-RS."""
+
+    protocol: Literal["stow-rs"] = "stow-rs"
+    url: NonEmpty
+    """The studies endpoint, e.g. http://pacs:8042/dicom-web/studies."""
+
+
+#: Where results go, told apart by ``protocol`` (a site's file may leave it out: "dimse"), so
+#: each kind has exactly the keys it needs and a missing one is an error naming that key.
+Destination = Annotated[DimseDestination | StowDestination, Field(discriminator="protocol")]
+#: ``protocol`` of a destination that does not state one.
+DEFAULT_PROTOCOL = "dimse"
+#: The model of each ``protocol`` (for error messages; keep it beside the union above).
+_DESTINATION_MODELS: dict[str, type[_DestinationBase]] = {
+    "dimse": DimseDestination,
+    "stow-rs": StowDestination,
+}
 
 
 class DeliverySettings(_Section):
@@ -459,6 +463,17 @@ class DeliverySettings(_Section):
     max_attempts: Annotated[int, Field(ge=1)] = 10
     initial_backoff_s: PositiveSeconds = 5.0
     max_backoff_s: PositiveSeconds = 600.0
+
+    @field_validator("destinations", mode="before")
+    @classmethod
+    def _dimse_unless_stated(cls, destinations: Any) -> Any:
+        # The discriminator must be present to choose a model; the TOML may omit it.
+        if not isinstance(destinations, list):
+            return destinations
+        return [
+            {"protocol": DEFAULT_PROTOCOL, **entry} if isinstance(entry, dict) else entry
+            for entry in destinations
+        ]
 
 
 class JobSettings(_Section):
@@ -507,10 +522,39 @@ class Settings(BaseSettings):
     selection: SelectionSettings = SelectionSettings()
     preprocessing: PreprocessingSettings = PreprocessingSettings()
     model: ModelSettings = ModelSettings()
-    outputs: OutputSettings = OutputSettings()
+    result_series: ResultSeriesSettings = ResultSeriesSettings()
     delivery: DeliverySettings = DeliverySettings()
     jobs: JobSettings = JobSettings()
     logging: LoggingSettings = LoggingSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _destinations_call_as_the_listener(cls, data: Any) -> Any:
+        """Give every DIMSE destination without a ``calling_ae`` the node's own AE title.
+
+        Why here: the default of one section's key is another section's value, and the
+        merged sources (files, environment, overrides) are only seen together here.
+        """
+        if not isinstance(data, dict):
+            return data
+        delivery, listener = data.get("delivery"), data.get("listener")
+        if not isinstance(delivery, dict) or not isinstance(delivery.get("destinations"), list):
+            return data
+        if isinstance(listener, ListenerSettings):
+            own_title: Any = listener.ae_title
+        elif isinstance(listener, dict) and "ae_title" in listener:
+            own_title = listener["ae_title"]
+        else:
+            own_title = ListenerSettings.model_fields["ae_title"].default
+        destinations = [
+            {**entry, "calling_ae": own_title}
+            if isinstance(entry, dict)
+            and entry.get("protocol", DEFAULT_PROTOCOL) == "dimse"
+            and entry.get("calling_ae") is None
+            else entry
+            for entry in delivery["destinations"]
+        ]
+        return {**data, "delivery": {**delivery, "destinations": destinations}}
 
     @model_validator(mode="after")
     def _cross_references(self) -> Settings:
@@ -553,11 +597,57 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
+#: Options a site's file may still have from an earlier version, and what took their place.
+REPLACED_OPTIONS = {
+    "outputs": (
+        "this section is now [result_series] (same keys); which objects a job writes is "
+        "each destination's send"
+    ),
+    "completion.role_patterns": (
+        "removed: required_series is checked with sequence identification, whose "
+        "description patterns are [selection.role_patterns]"
+    ),
+}
+
+
+def _destination_problem(error: Any) -> tuple[str, str] | None:
+    """Location and message of an error inside one destination, without pydantic's tag.
+
+    pydantic locates ``delivery.destinations.0.dimse.host``; a site's file has no "dimse"
+    level, and the reader wants to know which destination (by name) lacks what.
+    """
+    loc = error["loc"]
+    if len(loc) < 5 or loc[:2] != ("delivery", "destinations") or loc[3] not in _DESTINATION_MODELS:
+        return None
+    index, protocol, key = loc[2], loc[3], ".".join(str(part) for part in loc[4:])
+    location = f"delivery.destinations.{index}.{key}"
+    model = _DESTINATION_MODELS[protocol]
+    if error["type"] == "missing" and isinstance(error.get("input"), dict):
+        # What a site's file must state: calling_ae is required too, but Settings fills it in.
+        needs = [
+            name
+            for name, field in model.model_fields.items()
+            if field.is_required() and name not in {*_DestinationBase.model_fields, "calling_ae"}
+        ]
+        listed = ", ".join(needs[:-1]) + (" and " if len(needs) > 1 else "") + needs[-1]
+        name = error["input"].get("name")
+        return location, f"destination {name!r}: {protocol} needs {listed} ({key} is missing)"
+    if error["type"] == "extra_forbidden":
+        options = ", ".join(model.model_fields)
+        return location, f"not an option of a {protocol} destination (its options: {options})"
+    return None
+
+
 def _describe(error: Any) -> str:
     location = ".".join(str(part) for part in error["loc"]) or "(top level)"
     message = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
-        message = "unknown option (check the spelling against config/node.toml)"
+        message = REPLACED_OPTIONS.get(
+            location, "unknown option (check the spelling against config/node.toml)"
+        )
+    destination = _destination_problem(error)
+    if destination is not None:
+        location, message = destination
     value = error.get("input")
     shown = "" if isinstance(value, dict | list) or value is None else f" (got {value!r})"
     return f"{location}: {message}{shown}"

@@ -36,7 +36,7 @@ from typing import Any, TextIO
 
 from pydicom import config as pydicom_config
 
-_context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+_context: contextvars.ContextVar[dict[str, object] | None] = contextvars.ContextVar(
     "segnode_log_context", default=None
 )
 
@@ -57,8 +57,13 @@ ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 
 
 @contextmanager
-def log_context(**values: Any) -> Iterator[None]:
-    """Add ``values`` to every log line emitted inside the block (this thread only)."""
+def log_context(**values: object) -> Iterator[None]:
+    """Add ``values`` to every log line emitted inside the block (this thread only).
+
+    Why a block and no "bind for the rest of the thread": job runner threads and worker
+    processes go from one job to the next, and a job id left behind would label the next
+    job's lines.
+    """
     token = _context.set({**(_context.get() or {}), **values})
     try:
         yield
@@ -66,9 +71,9 @@ def log_context(**values: Any) -> Iterator[None]:
         _context.reset(token)
 
 
-def bind_log_context(**values: Any) -> None:
-    """Add ``values`` for the rest of this thread's (or context's) life."""
-    _context.set({**(_context.get() or {}), **values})
+def current_log_context() -> dict[str, object]:
+    """The fields :func:`log_context` adds here, now (a copy), e.g. to carry into a worker."""
+    return dict(_context.get() or {})
 
 
 def is_own_logger(name: str) -> bool:
@@ -147,7 +152,7 @@ class WithholdThirdParty(logging.Filter):
         return True
 
 
-def _fields(record: logging.LogRecord) -> dict[str, Any]:
+def _fields(record: logging.LogRecord) -> dict[str, object]:
     fields = dict(_context.get() or {})
     for key, value in vars(record).items():
         if key not in _STANDARD_ATTRIBUTES and not key.startswith("_"):
@@ -163,7 +168,7 @@ def _exception_text(record: logging.LogRecord) -> str | None:
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
+        entry: dict[str, object] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,

@@ -2,13 +2,13 @@
 
 The pipeline steps themselves run in the job runner's worker processes.
 
-Start-up order matters for crash safety: migrate the schema, reconcile the
-files with the rows (discard partial writes from ``tmp/``, quarantine files
-written but never recorded, report rows whose file is gone; none of it was
-acknowledged), mark associations left open by a previous process as interrupted, then start the monitor (which resumes every
-receiving study from its stored timers) and the job runner (which resumes every
-unfinished job), and only then accept associations. A clean stop ends the
-rows of the associations it cut off, so no row stays ``open``.
+Start-up order matters for crash safety: migrate the schema (this and ``segnode db upgrade``
+are the only places that do), reconcile the files with the rows (discard partial writes from
+``tmp/``, quarantine files written but never recorded, report rows whose file is gone; none of
+it was acknowledged), end the association rows a previous process left open, then start the
+monitor (which resumes every receiving study from its stored timers) and the job runner (which
+resumes every unfinished job), and only then accept associations. A clean stop ends the rows of
+the associations it cut off, so no row stays ``open``.
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ from segnode.node.completion.routing import rule_keywords
 from segnode.node.jobs.runner import JobRunner
 from segnode.node.receiving.receiver import InstanceReceiver
 from segnode.node.receiving.scp import StorageSCP
-from segnode.storage.database import create_db_engine, make_session_factory, upgrade_to_head
+from segnode.storage.associations import end_open_associations
+from segnode.storage.database import make_session_factory, open_database
+from segnode.storage.events import record_node_event
 from segnode.storage.filestore import FileStore
-from segnode.storage.ingest import interrupt_open_associations, record_node_event
-from segnode.storage.reconcile import end_open_associations, reconcile_storage
+from segnode.storage.reconcile import reconcile_storage
 
 log = logging.getLogger(__name__)
 
@@ -74,26 +75,26 @@ class Node:
 
 
 def open_storage(settings: Settings) -> tuple[Engine, sessionmaker[Session], FileStore]:
-    """Engine (schema migrated), session factory and file store for ``settings``."""
+    """Engine (schema migrated), session factory and file store for ``settings``.
+
+    Migrates, as only ``serve`` (and ``segnode db upgrade``) may; the other commands open the
+    database without migrating (``segnode.node.cli.options.open_sessions``).
+    """
     store = FileStore(
         settings.storage.data_dir,
         fsync=settings.storage.fsync,
         file_group=settings.storage.file_group,
     )
-    engine = create_db_engine(
-        settings.storage.resolved_database_url(),
-        settings.storage.sqlite_synchronous.value,
-        file_group=settings.storage.file_group,
-    )
-    upgrade_to_head(engine)
+    engine = open_database(settings.storage, migrate=True)
     return engine, make_session_factory(engine), store
 
 
 def start_node(settings: Settings) -> Node:
+    """Open the storage, recover from the last stop, then start the stages (the one place wiring them)."""
     engine, sessions, store = open_storage(settings)
     reconciled = reconcile_storage(store, sessions)
     with sessions.begin() as session:
-        interrupted = interrupt_open_associations(session)
+        interrupted = end_open_associations(session)  # their process died with them
         recovery = {**reconciled.as_detail(), "associations_interrupted": interrupted}
         if any(recovery.values()):
             record_node_event(session, "restart_recovery", recovery)

@@ -46,6 +46,7 @@ import torch
 from deepbet.bet import BrainExtraction  # type: ignore[import-untyped]
 
 from segnode.pipeline.errors import BrainExtractionError
+from segnode.pipeline.model.device import select_device
 
 log = logging.getLogger(__name__)
 
@@ -171,15 +172,6 @@ def check_plausible_volume(volume: float) -> None:
         )
 
 
-def select_device(use_gpu: bool) -> str:
-    """The torch device: CUDA only when asked for and present, so a GPU-less node still runs."""
-    if use_gpu and torch.cuda.is_available():
-        return "cuda"
-    if use_gpu:
-        log.warning("GPU requested for brain extraction but CUDA is unavailable; using CPU")
-    return "cpu"
-
-
 @functools.lru_cache(maxsize=2)
 def load_brain_extractor(device: str = "cpu") -> Any:
     """deepbet's two TorchScript models, loaded once per process and device.
@@ -230,7 +222,7 @@ def extract_brain(
     *,
     threshold: float = 0.5,
     dilate_voxels: int = 0,
-    use_gpu: bool = False,
+    device: str = "cpu",
     num_threads: int | None = None,
 ) -> BrainMask:
     """Brain mask of an unregistered head T1 or T1c, on the input's own grid.
@@ -240,7 +232,10 @@ def extract_brain(
         threshold: probability above which a voxel is brain (deepbet's default 0.5).
         dilate_voxels: grow (positive) or shrink (negative) the mask by this many
             voxel layers of the input grid; on 5.5 mm slices one layer is 5.5 mm in z.
-        use_gpu: run on CUDA when available; the result is recorded in ``device``.
+        device: where deepbet runs, by the node's device policy
+            (``segnode.pipeline.model.device``: ``auto`` takes CUDA when present, ``cuda``
+            insists on it); recorded in the result. The node's preprocessing runs it on the
+            CPU, where one head takes seconds and the mask does not depend on a GPU.
         num_threads: torch CPU threads for this call (restored afterwards);
             None keeps torch's own setting. The mask does not depend on it.
 
@@ -250,6 +245,7 @@ def extract_brain(
     Raises:
         BrainExtractionError: bad arguments, a constant image, a deepbet failure,
             or an empty or implausible mask (the message names the volume).
+        DeviceError: ``device`` is unknown or not available here.
     """
     _check_arguments(image, threshold, dilate_voxels, num_threads)
     started = time.perf_counter()
@@ -259,9 +255,9 @@ def extract_brain(
         raise BrainExtractionError(
             f"image of size {image.GetSize()} is constant; there is no head to extract a brain from"
         )
-    device = select_device(use_gpu)
+    on = str(select_device(device))
     with _RUN_LOCK, _torch_threads(num_threads):
-        extractor = load_brain_extractor(device)
+        extractor = load_brain_extractor(on)
         try:
             _, mask_nifti, _ = extractor.run(nifti, threshold=threshold, n_dilate=dilate_voxels)
         # deepbet signals "no head found" with assert and numpy/torch errors.
@@ -289,7 +285,7 @@ def extract_brain(
         tool=TOOL,
         threshold=threshold,
         dilate_voxels=dilate_voxels,
-        device=device,
+        device=on,
     )
 
 

@@ -29,9 +29,7 @@ from segnode.pipeline.conversion import ConvertedVolume
 from segnode.pipeline.errors import PipelineError
 from segnode.pipeline.intensity import zscore_over_mask
 from segnode.pipeline.registration import isotropic_grid, register_rigid, resample_onto
-from segnode.pipeline.selection import Role
-
-CHANNEL_ORDER: tuple[Role, ...] = (Role.T1, Role.T1C, Role.T2, Role.FLAIR)
+from segnode.vocabulary import CHANNEL_ORDER, Role
 
 
 @dataclass(frozen=True)
@@ -82,12 +80,12 @@ def preprocess(
     volumes: Mapping[Role, ConvertedVolume], settings: PreprocessingSettings
 ) -> PreprocessedStudy:
     """Run the imaging half; raises PipelineError subclasses naming the failed step."""
-    missing = [role.value for role in CHANNEL_ORDER if role not in volumes]
+    missing = [role.value for role in Role if role not in volumes]
     if missing:
         raise PipelineError(f"preprocessing needs T1, T1c, T2 and FLAIR; missing {missing}")
     timings: dict[str, float] = {}
     record: dict[str, object] = {"timings_s": timings}
-    images = {role: sitk.Cast(volumes[role].image, sitk.sitkFloat32) for role in CHANNEL_ORDER}
+    images = {role: sitk.Cast(volumes[role].image, sitk.sitkFloat32) for role in Role}
     reference = images[Role.T1C]
 
     started = time.perf_counter()

@@ -13,23 +13,14 @@ with its reasons, so a job can show why a series was or was not chosen.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 from segnode.config.settings import SelectionSettings
 from segnode.pipeline.errors import SelectionError
 from segnode.pipeline.sequence_facts import MR_STORAGE_CLASSES, SequenceFacts
+from segnode.vocabulary import Role
 
-
-class Role(StrEnum):
-    T1 = "t1"
-    T1C = "t1c"
-    T2 = "t2"
-    FLAIR = "flair"
-
-
-ALL_ROLES = (Role.T1, Role.T1C, Role.T2, Role.FLAIR)
 _DERIVED_IMAGE_TYPES = {
     "DERIVED",
     "SECONDARY",
@@ -82,7 +73,7 @@ class RoleAssignment:
 
     @property
     def missing(self) -> list[Role]:
-        return [role for role in ALL_ROLES if role not in self.chosen]
+        return [role for role in Role if role not in self.chosen]
 
     def as_record(self) -> dict[str, object]:
         return {
@@ -95,7 +86,7 @@ class RoleAssignment:
                     if role in self.chosen
                     else None
                 )
-                for role in ALL_ROLES
+                for role in Role
             },
             "missing": [role.value for role in self.missing],
             "candidates": [candidate.as_record() for candidate in self.candidates],
@@ -227,7 +218,7 @@ def identify_sequences(
     _split_t1(t1_weighted, settings)
 
     chosen: dict[Role, Candidate] = {}
-    for role in ALL_ROLES:
+    for role in Role:
         options = [c for c in candidates if c.role is role and c.rejected is None]
         if not options:
             continue
@@ -245,7 +236,7 @@ def identify_sequences(
     return RoleAssignment(chosen, candidates)
 
 
-def require_roles(assignment: RoleAssignment, required: Sequence[Role] = ALL_ROLES) -> None:
+def require_roles(assignment: RoleAssignment, required: Iterable[Role] = Role) -> None:
     """Fail with a message naming what is missing and what was found."""
     missing = [role for role in required if role not in assignment.chosen]
     if not missing:

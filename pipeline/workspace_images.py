@@ -1,9 +1,9 @@
 """Images and arrays in a job folder: converted volumes, the network input, label maps.
 
 The heavy half of the job folder (SimpleITK, numpy, the pipeline's data types), used by the
-steps in worker processes; ``pipeline/workspace.py`` has the layout and the light part.
-MetaImage (``.mha``) keeps the geometry in doubles, so a volume read back has exactly the
-direction and origin it was written with.
+steps in worker processes; ``pipeline/workspace.py`` has the layout, the records and the
+light part. MetaImage (``.mha``) keeps the geometry in doubles, so a volume read back has
+exactly the direction and origin it was written with.
 """
 
 from __future__ import annotations
@@ -14,85 +14,74 @@ import numpy as np
 import SimpleITK as sitk
 
 from segnode.pipeline.conversion import ConvertedVolume, SliceRef
-from segnode.pipeline.preprocessing import CHANNEL_ORDER, PreprocessedStudy
-from segnode.pipeline.selection import Role
-from segnode.pipeline.workspace import Workspace, WorkspaceError, replace_atomically
+from segnode.pipeline.preprocessing import PreprocessedStudy
+from segnode.pipeline.workspace import SliceRecord, VolumeRecord, Workspace
+from segnode.vocabulary import CHANNEL_ORDER, Role
 
 
-def write_image(workspace: Workspace, relative: str, image: sitk.Image) -> Path:
-    path = workspace.root / relative
-    replace_atomically(path, lambda tmp: sitk.WriteImage(image, str(tmp), useCompression=True))
-    return path
+def write_image(workspace: Workspace, path: Path, image: sitk.Image) -> Path:
+    """``image`` at ``path`` (one of the workspace's paths), compressed, atomically."""
+    return workspace.write_file(
+        path, lambda tmp: sitk.WriteImage(image, str(tmp), useCompression=True)
+    )
 
 
-def read_image(workspace: Workspace, relative: str) -> sitk.Image:
-    path = workspace.root / relative
-    if not path.is_file():
-        raise WorkspaceError(f"{relative} is missing in the job folder {workspace.root}")
-    return sitk.ReadImage(str(path))
+def read_image(workspace: Workspace, path: Path) -> sitk.Image:
+    return sitk.ReadImage(str(workspace.require_file(path)))
 
 
 def write_volume(workspace: Workspace, role: Role, volume: ConvertedVolume) -> None:
-    write_image(workspace, f"volumes/{role.value}.mha", volume.image)
-    workspace.write_json(
-        f"volumes/{role.value}.json",
-        {
-            "series_instance_uid": volume.series_instance_uid,
-            "slices": [
-                {
-                    "sop_instance_uid": s.sop_instance_uid,
-                    "frame": s.frame,
-                    "position_mm": s.position_mm,
-                }
+    write_image(workspace, workspace.volume_path(role), volume.image)
+    workspace.write_volume_record(
+        role,
+        VolumeRecord(
+            series_instance_uid=volume.series_instance_uid,
+            slices=tuple(
+                SliceRecord(
+                    sop_instance_uid=s.sop_instance_uid, frame=s.frame, position_mm=s.position_mm
+                )
                 for s in volume.slices
-            ],
-            "notes": list(volume.notes),
-        },
+            ),
+            notes=volume.notes,
+        ),
     )
 
 
 def read_volume(workspace: Workspace, role: Role) -> ConvertedVolume:
-    meta = workspace.read_json(f"volumes/{role.value}.json")
+    record = workspace.read_volume_record(role)
     return ConvertedVolume(
-        image=read_image(workspace, f"volumes/{role.value}.mha"),
-        series_instance_uid=meta["series_instance_uid"],
-        slices=tuple(
-            SliceRef(s["sop_instance_uid"], int(s["frame"]), tuple(s["position_mm"]))
-            for s in meta["slices"]
-        ),
-        notes=tuple(meta["notes"]),
+        image=read_image(workspace, workspace.volume_path(role)),
+        series_instance_uid=record.series_instance_uid,
+        slices=tuple(SliceRef(s.sop_instance_uid, s.frame, s.position_mm) for s in record.slices),
+        notes=record.notes,
     )
 
 
 def write_preprocessed(workspace: Workspace, study: PreprocessedStudy) -> None:
-    channels = workspace.root / "preprocessed" / "channels.npz"
-    replace_atomically(
-        channels,
-        lambda tmp: np.savez(
-            tmp.open("wb"), image=study.stacked(CHANNEL_ORDER), brain_mask=study.brain_mask
-        ),
-    )
+    def save_channels(tmp: Path) -> None:
+        with tmp.open("wb") as handle:
+            np.savez(handle, image=study.stacked(CHANNEL_ORDER), brain_mask=study.brain_mask)
+
+    workspace.write_file(workspace.channels_path, save_channels)
     grid = sitk.Image(study.grid.GetSize(), sitk.sitkUInt8)
     grid.CopyInformation(study.grid)
-    write_image(workspace, "preprocessed/grid.mha", grid)
-    transform = workspace.root / "preprocessed" / "to_reference.tfm"
-    replace_atomically(transform, lambda tmp: sitk.WriteTransform(study.to_reference, str(tmp)))
-    workspace.write_json("preprocessed/record.json", study.record)
+    write_image(workspace, workspace.grid_path, grid)
+    workspace.write_file(
+        workspace.to_reference_path,
+        lambda tmp: sitk.WriteTransform(study.to_reference, str(tmp)),
+    )
+    workspace.write_preprocessing_record(study.record)
 
 
 def read_preprocessed(workspace: Workspace) -> PreprocessedStudy:
-    channels = workspace.root / "preprocessed" / "channels.npz"
-    transform = workspace.root / "preprocessed" / "to_reference.tfm"
-    if not channels.is_file() or not transform.is_file():
-        raise WorkspaceError(
-            f"preprocessing outputs are missing in the job folder {workspace.root}"
-        )
+    channels = workspace.require_file(workspace.channels_path)
+    transform = workspace.require_file(workspace.to_reference_path)
     with np.load(channels) as arrays:
         image, mask = arrays["image"], arrays["brain_mask"]
     return PreprocessedStudy(
         channels={role: image[index] for index, role in enumerate(CHANNEL_ORDER)},
         brain_mask=mask,
-        grid=read_image(workspace, "preprocessed/grid.mha"),
+        grid=read_image(workspace, workspace.grid_path),
         to_reference=sitk.ReadTransform(str(transform)),
-        record=workspace.read_json("preprocessed/record.json"),
+        record=dict(workspace.read_preprocessing_record()),
     )

@@ -6,8 +6,12 @@ Why these settings: SQLite is the embedded default, so it runs in WAL mode
 of failing with "database is locked". The database file and its ``-wal`` and
 ``-shm`` hold patient attributes: they get the node's private modes
 (:class:`~segnode.storage.filestore.FileModes`), not the umask's. PostgreSQL needs
-none of that. The schema is owned by Alembic; ``upgrade_to_head`` is what ``segnode db upgrade`` and
-``segnode serve`` run.
+none of that.
+
+The schema is owned by Alembic. Only ``segnode serve`` and ``segnode db upgrade`` migrate
+(:func:`open_database` with ``migrate=True``); every other command opens the database as it is
+and refuses a schema that is behind, naming ``segnode db upgrade``: an operator's
+``segnode jobs list`` must not change a production schema under a running node.
 """
 
 from __future__ import annotations
@@ -16,15 +20,16 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import CursorResult, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from segnode.config.settings import StorageSettings
 from segnode.storage.errors import DatabaseSchemaError
 from segnode.storage.filestore import FileModes
 
@@ -46,18 +51,60 @@ def create_db_engine(url: str, sqlite_synchronous: str = "FULL", file_group: str
         FileGroupError: ``file_group`` is not a known group.
     """
     if url.startswith("sqlite"):
-        database_file = url.split("///", 1)[1].split("?", 1)[0] if "///" in url else ""
+        database_file = sqlite_file(url)
         modes = FileModes.for_group(file_group)
-        if database_file and database_file != ":memory:":
-            _prepare_sqlite_file(Path(database_file), modes)
+        if database_file is not None:
+            _prepare_sqlite_file(database_file, modes)
         engine = create_engine(
             url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
         )
         _configure_sqlite(engine, sqlite_synchronous)
-        if database_file and database_file != ":memory:":
-            _keep_sidecars_private(engine, Path(database_file), modes)
+        if database_file is not None:
+            _keep_sidecars_private(engine, database_file, modes)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite ``url``; None for another backend or an in-memory database."""
+    if not url.startswith("sqlite") or "///" not in url:
+        return None
+    database_file = url.split("///", 1)[1].split("?", 1)[0]
+    return Path(database_file) if database_file and database_file != ":memory:" else None
+
+
+def open_database(storage: StorageSettings, *, migrate: bool) -> Engine:
+    """The engine on the configured database; ``migrate`` brings its schema to the newest version.
+
+    Without ``migrate`` the schema must already be current, and a missing SQLite file is not
+    created: a read-only command pointed at the wrong ``--data-dir`` leaves nothing behind.
+
+    Raises:
+        DatabaseSchemaError: not migrating, and the schema is behind (or there is no database);
+            the message names ``segnode db upgrade``.
+        FileGroupError: ``storage.file_group`` is not a known group.
+    """
+    url = storage.resolved_database_url()
+    database_file = sqlite_file(url)
+    if not migrate and database_file is not None and not database_file.exists():
+        raise DatabaseSchemaError(
+            f"no database at {database_file}: run `segnode db upgrade` (or check --data-dir)"
+        )
+    engine = create_db_engine(url, storage.sqlite_synchronous.value, file_group=storage.file_group)
+    try:
+        if migrate:
+            upgrade_to_head(engine)
+        else:
+            require_current_schema(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
+def rowcount(result: object) -> int:
+    """Rows an UPDATE matched (``Session.execute`` is typed as returning a plain Result)."""
+    return int(cast("CursorResult[Any]", result).rowcount)
 
 
 def _prepare_sqlite_file(database: Path, modes: FileModes) -> None:

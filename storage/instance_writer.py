@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from segnode.storage.ingest import InstanceRecord, RecordedInstance, record_instances, series_key
+from segnode.storage.instances import InstanceRecord, RecordedInstance, record_instances, series_key
 
 log = logging.getLogger(__name__)
 

@@ -25,6 +25,8 @@ from segnode.config.errors import TransientError
 
 
 class JobState(StrEnum):
+    """Where a job is; stored as the value in ``jobs.state`` (and ``jobs.failed_step``)."""
+
     RECEIVED = "received"
     SELECTING = "selecting"
     CONVERTING = "converting"
@@ -58,16 +60,20 @@ MACHINE: tuple[StateRow, ...] = (
     StateRow(JobState.SENDING, "send", "node", JobState.DONE),
 )
 
+#: The machine's row for each active state.
 ROW: dict[JobState, StateRow] = {row.state: row for row in MACHINE}
-#: States a job is still being worked on in, in path order.
+#: States a job is still being worked on in, in path order; a retry resumes in one of them.
 ACTIVE: tuple[JobState, ...] = tuple(row.state for row in MACHINE)
 #: States a job never leaves by itself.
 TERMINAL: frozenset[JobState] = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
+#: Where a finished step takes the job (the only automatic move besides ``failed``).
 NEXT_STATE: dict[JobState, JobState] = {row.state: row.next for row in MACHINE}
 #: The pipeline step each worker state runs (``segnode.pipeline.steps.<step>``).
 STEP_FOR_STATE: dict[JobState, str] = {row.state: row.step for row in MACHINE if row.runs_in == "worker"}
 
-#: Manual transitions: a cancel from any active state; a retry from these, to any active state.
+#: Manual transitions (``segnode jobs cancel`` / ``retry``): a cancel from any active state
+#: (a step in flight is discarded when it returns); a retry from these, to any active state
+#: (the stopped one by default), keeping the earlier steps' outputs and finished deliveries.
 CANCELLABLE: frozenset[JobState] = frozenset(ACTIVE)
 RETRYABLE: frozenset[JobState] = frozenset({JobState.FAILED, JobState.CANCELLED})
 

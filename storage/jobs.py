@@ -1,23 +1,46 @@
-"""Creating jobs and appending to their event log.
+"""Jobs in the database: creating them, moving them through the machine, their event log.
 
-A job is created when a study fires and driven through the pipeline states by the
-node's job runner. Every change of state is a conditional UPDATE plus an event, in one
-transaction: events are only ever appended (the database refuses updates), and a job
-that someone cancelled while a step ran is never moved on by that step.
+A job is created when a study fires and driven through the states of
+``segnode.storage.job_states`` by the node's job runner. Every change of state is a
+conditional UPDATE (or a locked read) plus an event, in one transaction: events are only
+ever appended (the database refuses updates), and a job that someone cancelled while a
+step ran is never moved on by that step. The moves themselves come from the table: a step
+moves a job to ``NEXT_STATE``, a permanent error to ``failed``, an operator cancels from
+``CANCELLABLE`` and retries from ``RETRYABLE`` into an ``ACTIVE`` state. Anything else is
+refused with a :class:`~segnode.storage.errors.JobStateError`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import CursorResult, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from segnode.storage.database import rowcount
 from segnode.storage.errors import JobStateError
-from segnode.storage.job_states import ACTIVE, TERMINAL, JobState
-from segnode.storage.models import DeliveryState, Job, JobDelivery, JobEvent, JobSeries, utc_now
+from segnode.storage.job_states import (
+    ACTIVE,
+    CANCELLABLE,
+    NEXT_STATE,
+    RETRYABLE,
+    TERMINAL,
+    JobState,
+)
+from segnode.storage.models import (
+    DeliveryState,
+    Instance,
+    Job,
+    JobDelivery,
+    JobEvent,
+    JobSeries,
+    Series,
+    Study,
+    utc_now,
+)
 
 
 def append_job_event(
@@ -27,6 +50,7 @@ def append_job_event(
     detail: dict[str, Any] | None = None,
     duration_s: float | None = None,
 ) -> None:
+    """Append one entry to the job's log (the database refuses to change or delete it later)."""
     session.add(
         JobEvent(job_id=job_id, at=utc_now(), kind=kind, detail=detail or {}, duration_s=duration_s)
     )
@@ -61,12 +85,14 @@ def create_job(
 
 
 def latest_job(session: Session, study_id: int) -> Job | None:
+    """The study's newest job (a study that fires again gets a new one), or None."""
     return session.execute(
         select(Job).where(Job.study_id == study_id).order_by(Job.id.desc()).limit(1)
     ).scalar_one_or_none()
 
 
 def job_series_ids(session: Session, job_id: int) -> set[int]:
+    """The series a job covers (more may be attached until it starts)."""
     return set(
         session.execute(select(JobSeries.series_id).where(JobSeries.job_id == job_id)).scalars()
     )
@@ -85,13 +111,14 @@ def attach_series(session: Session, job: Job, series_ids: Iterable[int], reason:
     return added
 
 
+# -- what the runner reads ---------------------------------------------------------------
 
 
 def runnable_job_ids(session: Session, now: datetime, exclude: Iterable[int] = ()) -> list[int]:
     """Jobs with a step due now, oldest first (``exclude``: the ones already running)."""
     query = (
         select(Job.id)
-        .where(Job.state.in_([state.value for state in ACTIVE]))
+        .where(Job.state.in_(ACTIVE))
         .where(or_(Job.next_attempt_at.is_(None), Job.next_attempt_at <= now))
         .order_by(Job.id)
     )
@@ -99,9 +126,61 @@ def runnable_job_ids(session: Session, now: datetime, exclude: Iterable[int] = (
     return [job_id for job_id in session.execute(query).scalars() if job_id not in excluded]
 
 
-def _updated_rows(result: object) -> int:
-    """Rows an UPDATE matched (``Session.execute`` is typed as returning a plain Result)."""
-    return cast(CursorResult[Any], result).rowcount
+@dataclass(frozen=True, slots=True)
+class JobProgress:
+    """Where a job stands: its state, its current step's failed tries, when it may run again."""
+
+    state: JobState
+    step_attempt: int
+    next_attempt_at: datetime | None
+
+    def due(self, now: datetime) -> bool:
+        """An active state whose step may run at ``now`` (not waiting out a backoff)."""
+        return self.state in ACTIVE and (self.next_attempt_at is None or self.next_attempt_at <= now)
+
+
+def job_progress(session: Session, job_id: int) -> JobProgress | None:
+    """The job's :class:`JobProgress`, or None for no such job."""
+    row = session.execute(
+        select(Job.state, Job.step_attempt, Job.next_attempt_at).where(Job.id == job_id)
+    ).one_or_none()
+    return None if row is None else JobProgress(row.state, row.step_attempt, row.next_attempt_at)
+
+
+@dataclass(frozen=True, slots=True)
+class JobInputFiles:
+    """What the first step writes into the job folder: the study and its series' stored files."""
+
+    study_instance_uid: str
+    series_ids: tuple[int, ...]
+    """The job's series rows, ascending."""
+    files: dict[str, list[str]]
+    """Series Instance UID -> stored paths, relative to the store root."""
+
+
+def job_input_files(session: Session, job_id: int) -> JobInputFiles:
+    """The job's study and the stored file of every instance of its series.
+
+    Raises:
+        NoResultFound: no such job.
+    """
+    study_uid = session.execute(
+        select(Study.study_instance_uid).join(Job, Job.study_id == Study.id).where(Job.id == job_id)
+    ).scalar_one()
+    rows = session.execute(
+        select(JobSeries.series_id, Series.series_instance_uid, Instance.file_path)
+        .join(Series, Series.id == JobSeries.series_id)
+        .join(Instance, Instance.series_id == Series.id)
+        .where(JobSeries.job_id == job_id)
+        .order_by(Series.id, Instance.id)
+    ).all()
+    files: dict[str, list[str]] = {}
+    for _, series_uid, file_path in rows:
+        files.setdefault(series_uid, []).append(file_path)
+    return JobInputFiles(study_uid, tuple(sorted(job_series_ids(session, job_id))), files)
+
+
+# -- the automatic moves (the job runner) --------------------------------------------------
 
 
 def advance_job(
@@ -118,10 +197,18 @@ def advance_job(
     The conditional UPDATE is what makes ``segnode jobs cancel`` safe while a step runs: a
     job cancelled during its step is not moved on when the step returns. ``columns`` are
     further job columns set in the same UPDATE.
+
+    Raises:
+        JobStateError: ``expected`` to ``to`` is not a move of the machine (a bug in the caller).
     """
+    if to is not NEXT_STATE.get(expected) and not (to is JobState.FAILED and expected in ACTIVE):
+        raise JobStateError(
+            f"job {job_id}: no transition from {expected.value} to {to.value} "
+            "(a step moves a job to its next state, a permanent error to failed)"
+        )
     now = utc_now()
     values: dict[str, Any] = {
-        "state": to.value,
+        "state": to,
         "updated_at": now,
         "step_attempt": 0,
         "next_attempt_at": None,
@@ -129,8 +216,8 @@ def advance_job(
     }
     if to in TERMINAL:
         values["finished_at"] = now
-    moved = _updated_rows(
-        session.execute(update(Job).where(Job.id == job_id, Job.state == expected.value).values(**values))
+    moved = rowcount(
+        session.execute(update(Job).where(Job.id == job_id, Job.state == expected).values(**values))
     )
     if moved:
         append_job_event(
@@ -163,9 +250,9 @@ def postpone_step(
     retry_at: datetime,
     duration_s: float | None,
 ) -> bool:
-    """A transient failure: the same step runs again at ``retry_at``."""
-    job = session.get(Job, job_id)
-    if job is None or job.state != expected.value:
+    """A transient failure: the same step runs again at ``retry_at``; False if the job moved."""
+    job = _locked_job(session, job_id)
+    if job is None or job.state != expected:
         return False
     job.step_attempt += 1
     job.next_attempt_at = retry_at
@@ -185,22 +272,53 @@ def postpone_step(
     return True
 
 
+def postpone_sending(session: Session, job_id: int, until: datetime) -> bool:
+    """A destination is waiting out its backoff: the sending step runs again at ``until``.
+
+    Not a failure of the step (no event, no attempt counted: each destination counts its own).
+    False if the job is no longer sending (cancelled meanwhile).
+    """
+    return bool(
+        rowcount(
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == JobState.SENDING)
+                .values(next_attempt_at=until)
+            )
+        )
+    )
+
+
+def record_models(session: Session, job_id: int, model_ids: Sequence[str], sha256: str) -> None:
+    """Which model(s) segmented the job: the ids joined by ``+`` and the first one's weights hash."""
+    session.execute(
+        update(Job).where(Job.id == job_id).values(model_id="+".join(model_ids), model_sha256=sha256)
+    )
+
+
+# -- the manual moves (``segnode jobs cancel`` / ``retry``) -------------------------------
+
+
 def cancel_job(session: Session, job_id: int, reason: str) -> Job:
-    """Stop a job that has not finished; a step in flight is discarded when it returns."""
+    """Stop a job that has not finished; a step in flight is discarded when it returns.
+
+    Raises:
+        JobStateError: no such job, or it is not in a state that can be cancelled.
+    """
     job = _get_job(session, job_id)
-    if job.is_terminal:
+    if job.state not in CANCELLABLE:
         raise JobStateError(f"job {job_id} is {job.state}: only an unfinished job can be cancelled")
     previous = job.state
     now = utc_now()
     job.state, job.updated_at, job.finished_at, job.next_attempt_at = (
-        JobState.CANCELLED.value,
+        JobState.CANCELLED,
         now,
         now,
         None,
     )
-    job.failed_step = previous  # where `segnode jobs retry` resumes
+    job.failed_step = previous.value  # where `segnode jobs retry` resumes
     append_job_event(
-        session, job_id, JobState.CANCELLED.value, {"from": previous, "reason": reason}
+        session, job_id, JobState.CANCELLED.value, {"from": previous.value, "reason": reason}
     )
     return job
 
@@ -211,9 +329,13 @@ def retry_job(session: Session, job_id: int, from_step: JobState | None = None) 
     The steps before it keep their outputs, and destinations that already received the
     results are not sent them again: a retry finishes the same run, it does not start a new
     one (a new run is a new job).
+
+    Raises:
+        JobStateError: no such job, it is not failed or cancelled, or the resume state is
+            not an active one.
     """
     job = _get_job(session, job_id)
-    if job.state not in (JobState.FAILED, JobState.CANCELLED):
+    if job.state not in RETRYABLE:
         raise JobStateError(
             f"job {job_id} is {job.state}: only a failed or cancelled job can be retried"
         )
@@ -221,7 +343,7 @@ def retry_job(session: Session, job_id: int, from_step: JobState | None = None) 
     if resume not in ACTIVE:
         raise JobStateError(f"cannot resume job {job_id} at {resume.value!r}")
     previous = job.state
-    job.state = resume.value
+    job.state = resume
     job.attempt += 1
     job.step_attempt = 0
     job.next_attempt_at = None
@@ -238,16 +360,29 @@ def retry_job(session: Session, job_id: int, from_step: JobState | None = None) 
         session,
         job_id,
         "retry",
-        {"from": previous, "resume_at": resume.value, "attempt": job.attempt},
+        {"from": previous.value, "resume_at": resume.value, "attempt": job.attempt},
     )
     return job
 
 
+def _locked_job(session: Session, job_id: int) -> Job | None:
+    """The job as committed now, its row locked until the transaction ends.
+
+    Why locked: the runner's conditional UPDATE and an operator's command may race; on
+    PostgreSQL ``FOR UPDATE`` makes one wait for the other and read its result (SQLite's
+    ``BEGIN IMMEDIATE`` already serialises writers).
+    """
+    return session.get(Job, job_id, with_for_update=True, populate_existing=True)
+
+
 def _get_job(session: Session, job_id: int) -> Job:
-    job = session.get(Job, job_id)
+    job = _locked_job(session, job_id)
     if job is None:
         raise JobStateError(f"no job {job_id}")
     return job
+
+
+# -- deliveries ------------------------------------------------------------------------------
 
 
 def ensure_deliveries(

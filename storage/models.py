@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from segnode.storage.job_states import TERMINAL, JobState
+from segnode.storage.job_states import JobState
 
 UID_LENGTH = 64
 AE_LENGTH = 16
@@ -49,6 +49,24 @@ class UtcDateTime(TypeDecorator[datetime]):
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         return None if value is None else value.replace(tzinfo=UTC)
+
+
+class JobStateType(TypeDecorator[JobState]):
+    """A :class:`JobState` stored as its value in a plain ``VARCHAR(16)``, read back as a JobState.
+
+    Why not a database enum: the column stays what migration 0001 created (no schema change),
+    and a new state is a code change, not a migration. A value that is not a state fails at
+    once, in either direction, instead of becoming a job nothing can drive.
+    """
+
+    impl = String(16)
+    cache_ok = True
+
+    def process_bind_param(self, value: JobState | str | None, dialect: Dialect) -> str | None:
+        return None if value is None else JobState(value).value
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> JobState | None:
+        return None if value is None else JobState(value)
 
 
 def utc_now() -> datetime:
@@ -180,7 +198,7 @@ class Job(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
-    state: Mapped[str] = mapped_column(String(16), default=JobState.RECEIVED, index=True)
+    state: Mapped[JobState] = mapped_column(JobStateType(), default=JobState.RECEIVED, index=True)
     trigger: Mapped[str] = mapped_column(Text)
     """Why the study fired, in words (the completion decision)."""
     routing_rule: Mapped[str | None] = mapped_column(String(128))
@@ -188,6 +206,7 @@ class Job(Base):
     updated_at: Mapped[datetime]
     attempt: Mapped[int] = mapped_column(Integer, default=1)
     failed_step: Mapped[str | None] = mapped_column(String(32))
+    """The state a failed or cancelled job stopped in (a :class:`JobState` value): where a retry resumes."""
     error: Mapped[str | None] = mapped_column(Text)
     step_attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     """Failed tries of the current step (transient failures); reset when the step finishes."""
@@ -199,10 +218,6 @@ class Job(Base):
 
     events: Mapped[list[JobEvent]] = relationship(order_by="JobEvent.id")
     deliveries: Mapped[list[JobDelivery]] = relationship(order_by="JobDelivery.id")
-
-    @property
-    def is_terminal(self) -> bool:
-        return self.state in TERMINAL
 
 
 class DeliveryState(StrEnum):

@@ -1,4 +1,4 @@
-"""Make the files and the rows agree again: at start-up, and for associations at stop.
+"""Make the files and the rows agree again at start-up.
 
 Why at start-up: an instance is written to ``store/`` first, recorded second and
 acknowledged only after the commit. A kill between the write and the commit
@@ -12,9 +12,8 @@ the row is kept, so the loss stays visible.
 Why it stays fast on a large store: one walk of ``store/`` and one query for
 the known paths, compared in memory; only counts are logged.
 
-Why associations at stop: the listener aborts the associations still open when
-the node stops, and its own close handlers may not run before the process
-exits; without :func:`end_open_associations` their rows would stay ``open``.
+The association rows a previous process left open are ended by
+``segnode.storage.associations.end_open_associations`` (at start-up and at a clean stop).
 """
 
 from __future__ import annotations
@@ -22,15 +21,15 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, cast
 
-from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from segnode.storage.errors import UnsafeUidError
+from segnode.storage.events import record_node_event
 from segnode.storage.filestore import FileStore, check_uid
-from segnode.storage.ingest import record_node_event, record_quarantine
-from segnode.storage.models import Association, AssociationOutcome, Instance, utc_now
+from segnode.storage.models import Instance
+from segnode.storage.quarantine import record_quarantine
 
 log = logging.getLogger(__name__)
 
@@ -126,27 +125,3 @@ def _remove_empty_folders(folder: str | os.PathLike[str], root: os.PathLike[str]
         except OSError:
             return  # not empty
         current = os.path.dirname(current)
-
-
-def end_open_associations(
-    session: Session, outcome: AssociationOutcome = AssociationOutcome.INTERRUPTED
-) -> int:
-    """End every association row still ``open``; return how many.
-
-    For a clean stop, after the listener has stopped: those associations were
-    cut off by the node. ``instances_stored`` is taken from the instance rows,
-    since the listener's own count for them is lost with it.
-    """
-    stored = (
-        select(func.count(Instance.id))
-        .where(Instance.association_id == Association.id)
-        .scalar_subquery()
-    )
-    result = session.execute(
-        update(Association)
-        .where(Association.ended_at.is_(None))
-        .values(ended_at=utc_now(), outcome=outcome, instances_stored=stored)
-        .execution_options(synchronize_session=False)
-    )
-    # Session.execute is typed as returning a plain Result; an UPDATE gives a CursorResult.
-    return int(cast("CursorResult[Any]", result).rowcount)

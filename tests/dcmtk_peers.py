@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from segnode.config.settings import Destination
+from segnode.config.settings import DimseDestination
 from tests.helpers import dcmtk_env, free_port, require_tool, wait_for_port
 
 
@@ -22,10 +22,10 @@ class Storescp:
         )
         wait_for_port(self.port)
 
-    def destination(self, **changes: object) -> Destination:
+    def destination(self, **changes: object) -> DimseDestination:
         values: dict[str, object] = {"name": "dcmtk", "ae_title": "DCMTK", "host": "127.0.0.1", "port": self.port,
-                                     "timeout_s": 5}
-        return Destination.model_validate({**values, **changes})
+                                     "calling_ae": "SEGNODE", "timeout_s": 5}
+        return DimseDestination.model_validate({**values, **changes})
 
     def received(self) -> dict[str, bytes]:
         """SOP Instance UID -> file bytes (storescp names files <modality>.<SOP Instance UID>)."""

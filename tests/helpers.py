@@ -20,7 +20,10 @@ from typing import TypeVar
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+#: The real scanner data (../shared/data next to the checkout). ``SEGNODE_SHARED_DATA`` points
+#: elsewhere, e.g. at a missing folder to see what a bare machine's run skips (tests/conftest.py
+#: ends such a run with a loud "NOT A FULL RUN" summary).
+SHARED_DATA = Path(os.environ.get("SEGNODE_SHARED_DATA") or REPO_ROOT.parent / "shared" / "data")
 DICOM_DATA = SHARED_DATA / "dicom"
 
 #: A ``segnode serve`` configuration file for tests: completion within about 2 s of the
@@ -38,13 +41,18 @@ release_grace_s = 0.5
 
 T = TypeVar("T")
 
+#: Skip reasons start with an upper-case label ("REAL DATA MISSING: ..."): tests/conftest.py
+#: groups the run's skips by it and calls a run with such skips NOT a full run.
+REAL_DATA_MISSING = "REAL DATA MISSING"
+TOOL_MISSING = "TOOL MISSING"
+
 
 def require_data(path: Path) -> Path:
     """``path`` (a file or folder under ../shared/data), or a loud skip when it is absent."""
     if not path.exists():
         pytest.skip(
-            f"REAL DATA MISSING: {path} not found; these tests need ../shared/data "
-            "(present on developer machines and CI)"
+            f"{REAL_DATA_MISSING}: {path} not found; these tests need ../shared/data "
+            "(present on developer machines and CI; SEGNODE_SHARED_DATA points elsewhere)"
         )
     return path
 
@@ -58,7 +66,7 @@ def require_tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
         pytest.skip(
-            f"TOOL MISSING: {name!r} is not installed; `scripts/test` installs it "
+            f"{TOOL_MISSING}: {name!r} is not installed; `scripts/test` installs it "
             "(apt-get install dcmtk orthanc dicom3tools)"
         )
     return path

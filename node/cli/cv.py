@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from segnode.config.errors import SegnodeError
+from segnode.node.cli.options import JsonOption
 
 
 def cv(
@@ -32,7 +33,7 @@ def cv(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed; fold k trains with seed + k.")] = 0,
     tta: Annotated[bool, typer.Option("--tta/--no-tta", help="8-flip TTA when predicting.")] = True,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Cross-validate a recipe on the fixed five folds and report per-region scores."""
     from segnode.node.cli.progress import StepBar
@@ -70,7 +71,7 @@ def cv(
         raise typer.Exit(1) from exc
     finally:
         bar.close()
-    if json_output:
+    if as_json:
         json.dump(report.as_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")
         return

@@ -17,9 +17,8 @@ def register(app: typer.Typer) -> None:
 @db_app.command("upgrade")
 def db_upgrade(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
     """Create or migrate the database schema to the newest version."""
-    from segnode.node.service import open_storage
-    from segnode.storage.database import current_revision
+    from segnode.storage.database import current_revision, open_database
 
-    engine, _, _ = open_storage(settings_or_exit(config, data_dir))
+    engine = open_database(settings_or_exit(config, data_dir).storage, migrate=True)
     typer.echo(f"database at revision {current_revision(engine)}")
     engine.dispose()

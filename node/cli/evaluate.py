@@ -8,12 +8,13 @@ from typing import Annotated
 import typer
 
 from segnode.config.errors import SegnodeError
+from segnode.node.cli.options import JsonOption
 
 
 def evaluate(
     prediction: Annotated[Path, typer.Argument(help="Predicted label map, or a folder of them.")],
     labels: Annotated[Path, typer.Argument(help="Reference label map, or a folder (by case id).")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Score predictions per region (WT, TC, ET) the BraTS way; either label convention."""
     try:

@@ -1,4 +1,10 @@
-"""``segnode jobs``: list, show, retry and cancel jobs."""
+"""``segnode jobs``: list, show, retry and cancel jobs.
+
+None of them migrates: they open the database as it is (``open_sessions``) and refuse a
+schema that is behind, naming ``segnode db upgrade``. ``list`` and ``show`` only read
+(``segnode.storage.queries``); ``retry`` and ``cancel`` are the machine's manual transitions
+(``segnode.storage.jobs``). This module only parses and formats.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,13 @@ import json
 from typing import Annotated
 
 import typer
-from sqlalchemy import select
 
 from segnode.node.cli.options import ConfigOption, DataDirOption, JsonOption, open_sessions
-from segnode.storage.job_states import JobState
-from segnode.storage.models import Job, JobEvent
+from segnode.storage.database import read_only_session
+from segnode.storage.errors import JobStateError
+from segnode.storage.job_states import ACTIVE, JobState
+from segnode.storage.jobs import cancel_job, retry_job
+from segnode.storage.queries import job_detail, list_jobs
 
 jobs_app = typer.Typer(no_args_is_help=True, help="Jobs.")
 
@@ -26,77 +34,27 @@ def jobs_list(
 ) -> None:
     """List jobs."""
     sessions = open_sessions(config, data_dir)
-    with sessions() as session:
-        entries = [
-            {
-                "id": job.id,
-                "study_id": job.study_id,
-                "state": job.state,
-                "rule": job.routing_rule,
-                "created_at": job.created_at.isoformat(),
-                "trigger": job.trigger,
-                "failed_step": job.failed_step,
-                "error": job.error,
-            }
-            for job in session.execute(select(Job).order_by(Job.id)).scalars()
-        ]
+    with read_only_session(sessions) as session:
+        rows = list_jobs(session)
     if as_json:
-        typer.echo(json.dumps(entries, indent=2))
+        typer.echo(json.dumps([row.to_json() for row in rows], indent=2))
         return
-    for entry in entries:
-        typer.echo(
-            f"{entry['id']:>5}  study {entry['study_id']:>5}  {entry['state']:<12} {entry['trigger']}"
-        )
-        if entry["error"]:
-            typer.echo(f"       {entry['error']}")
+    for row in rows:
+        typer.echo(f"{row.id:>5}  study {row.study_id:>5}  {row.state:<12} {row.trigger}")
+        if row.error:
+            typer.echo(f"       {row.error}")
 
 
 @jobs_app.command("show")
 def jobs_show(job_id: int, config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
     """Show one job: state, failure, model, deliveries and its event log (JSON)."""
     sessions = open_sessions(config, data_dir)
-    with sessions() as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            typer.echo(f"error: no job {job_id}", err=True)
-            raise typer.Exit(1)
-        events = session.execute(
-            select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
-        ).scalars()
-        payload = {
-            "id": job.id,
-            "study_id": job.study_id,
-            "state": job.state,
-            "attempt": job.attempt,
-            "failed_step": job.failed_step,
-            "error": job.error,
-            "next_attempt_at": job.next_attempt_at.isoformat() if job.next_attempt_at else None,
-            "model_id": job.model_id,
-            "model_sha256": job.model_sha256,
-            "trigger": job.trigger,
-            "routing_rule": job.routing_rule,
-            "deliveries": [
-                {
-                    "destination": d.destination,
-                    "state": d.state,
-                    "attempts": d.attempts,
-                    "last_error": d.last_error,
-                    "delivered_at": d.delivered_at.isoformat() if d.delivered_at else None,
-                    "instances": len(d.sop_instance_uids),
-                }
-                for d in job.deliveries
-            ],
-            "events": [
-                {
-                    "at": e.at.isoformat(),
-                    "kind": e.kind,
-                    "duration_s": e.duration_s,
-                    "detail": e.detail,
-                }
-                for e in events
-            ],
-        }
-    typer.echo(json.dumps(payload, indent=2))
+    with read_only_session(sessions) as session:
+        detail = job_detail(session, job_id)
+    if detail is None:
+        typer.echo(f"error: no job {job_id}", err=True)
+        raise typer.Exit(1)
+    typer.echo(json.dumps(detail.to_json(), indent=2))
 
 
 @jobs_app.command("retry")
@@ -110,10 +68,6 @@ def jobs_retry(
     data_dir: DataDirOption = None,
 ) -> None:
     """Run a failed or cancelled job again; a running node picks it up within a second."""
-    from segnode.storage.errors import JobStateError
-    from segnode.storage.job_states import ACTIVE
-    from segnode.storage.jobs import retry_job
-
     steps = [state.value for state in ACTIVE]
     if from_step is not None and from_step not in steps:
         typer.echo(f"error: --from must be one of {', '.join(steps)}", err=True)
@@ -122,10 +76,10 @@ def jobs_retry(
     try:
         with sessions.begin() as session:
             job = retry_job(session, job_id, JobState(from_step) if from_step else None)
-            typer.echo(f"job {job_id}: attempt {job.attempt}, resumes at {job.state}")
     except JobStateError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
+    typer.echo(f"job {job_id}: attempt {job.attempt}, resumes at {job.state}")
 
 
 @jobs_app.command("cancel")
@@ -136,9 +90,6 @@ def jobs_cancel(
     data_dir: DataDirOption = None,
 ) -> None:
     """Cancel an unfinished job; a step in flight finishes and its outputs are discarded."""
-    from segnode.storage.errors import JobStateError
-    from segnode.storage.jobs import cancel_job
-
     sessions = open_sessions(config, data_dir)
     try:
         with sessions.begin() as session:

@@ -25,7 +25,8 @@ DataDirOption = Annotated[
         "--data-dir", help="Data directory: store, SQLite database and models/ live under DIR."
     ),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+"""``--json`` of every command that can print JSON; the parameter is always ``as_json``."""
 
 
 def settings_for(
@@ -54,8 +55,20 @@ def settings_or_exit(
 
 
 def open_sessions(config: Path | None, data_dir: Path | None) -> sessionmaker[Session]:
-    """Sessions on the configured database, for the commands that read or change jobs."""
-    from segnode.node.service import open_storage
+    """Sessions on the configured database, for the commands that read or change jobs.
 
-    _, sessions, _ = open_storage(settings_or_exit(config, data_dir))
-    return sessions
+    Never migrates: only ``serve`` and ``db upgrade`` change the schema, so an operator's
+    ``segnode jobs list`` cannot migrate a production database under a running node of
+    another version. A schema that is behind (or no database) prints the error, which
+    names ``segnode db upgrade``, and exits 1.
+    """
+    from segnode.storage.database import make_session_factory, open_database
+    from segnode.storage.errors import DatabaseSchemaError
+
+    settings = settings_or_exit(config, data_dir)
+    try:
+        engine = open_database(settings.storage, migrate=False)
+    except DatabaseSchemaError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    return make_session_factory(engine)

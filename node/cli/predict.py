@@ -1,12 +1,17 @@
 """``segnode predict``: segment one preprocessed BraTS-style case folder into a NIfTI label map.
 
-Thin: options in, ``segnode.pipeline.training.prediction.predict_case`` does the work, a summary out.
+Thin: options in, ``segnode.pipeline.training.prediction.predict_case`` does the work, a summary
+out. The model runs as the node runs it: ``[model]`` of ``--config`` gives the device, TTA and
+post-processing, and each option given here overrides its ``[model]`` key (``--device`` is
+``model.device``); where ``[model]`` leaves a post-processing value unset, the model's tuned
+value applies (``postprocess.resolve_postprocessing``). ``--model`` is a model folder or an id in
+the configured registry (``<data_dir>/models`` and the built-in models).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -16,23 +21,7 @@ if TYPE_CHECKING:
 from segnode.config.errors import SegnodeError
 from segnode.node.cli.options import ConfigOption, DataDirOption, settings_for
 from segnode.pipeline.model.errors import ModelNotFoundError
-from segnode.pipeline.model.labels import LabelConvention
-
-
-def resolve_model(
-    model: str | None, config: Path | None = None, data_dir: Path | None = None
-) -> Path:
-    """The model folder named by ``--model``: a folder path, or an id in the node's registry
-    (``<data_dir>/models`` and the built-in models); none given means ``model.default``."""
-    if model is not None and Path(model).is_dir():
-        return Path(model)
-    settings = settings_for(config, data_dir)
-    model_id = model or settings.model.default
-    if not model_id:
-        raise ModelNotFoundError("no --model given and no model.default configured")
-    from segnode.pipeline.model.registry import node_registry
-
-    return node_registry(settings.storage.data_dir).folder(model_id)
+from segnode.vocabulary import LabelConvention
 
 
 def describe(summary: PredictionSummary) -> str:
@@ -41,7 +30,7 @@ def describe(summary: PredictionSummary) -> str:
     counts = record.voxel_counts
     window = "x".join(map(str, summary.roi_size)) if summary.roi_size else None
     lines = [
-        f"wrote {summary.output} (labels 1 NCR, 2 ED, {record.convention.enhancing} ET; "
+        f"wrote {summary.output} (labels 1 NCR, 2 ED, {record.convention.et_label} ET; "
         f"BraTS {record.convention.value} convention)",
         f"model {summary.model_id} (sha256 {summary.weights_sha256[:12]}), "
         f"TTA {'on' if summary.tta else 'off'}, "
@@ -77,48 +66,67 @@ def predict(
     labels: Annotated[
         LabelConvention, typer.Option("--labels", help="Label values: 2021 (ET=4) or 2023 (ET=3).")
     ] = LabelConvention.BRATS_2021,
+    device: Annotated[
+        str | None,
+        typer.Option(help="auto (GPU when present), cpu or cuda (default: model.device)."),
+    ] = None,
     tta: Annotated[
-        bool, typer.Option("--tta/--no-tta", help="Average over 8 axis flips (8x slower).")
-    ] = True,
+        bool | None,
+        typer.Option(
+            "--tta/--no-tta",
+            help="Average over 8 axis flips (8x slower; default: model.tta).",
+        ),
+    ] = None,
     roi: Annotated[
         tuple[int, int, int] | None,
         typer.Option(help="Sliding-window size X Y Z (multiples of 8); default: by volume size."),
     ] = None,
     threshold: Annotated[
         float | None,
-        typer.Option(help="Region probability threshold (default: the model's tuned value)."),
+        typer.Option(help="Region probability threshold (default: model.threshold)."),
     ] = None,
     et_threshold: Annotated[
         float | None,
-        typer.Option(help="Enhancing-tumour threshold (default: the model's tuned value)."),
+        typer.Option(help="Enhancing-tumour threshold (default: model.et_threshold)."),
     ] = None,
     et_min_voxels: Annotated[
         int | None,
-        typer.Option(help="A smaller ET becomes NCR (0: never; default: the model's value)."),
+        typer.Option(help="A smaller ET becomes NCR (0: never; default: model.et_min_voxels)."),
     ] = None,
     min_component_voxels: Annotated[
         int | None,
         typer.Option(
-            help="Smaller tumour components are removed (0: none; default: the model's value)."
+            help="Smaller tumour components are removed (0: none; default: "
+            "model.min_component_voxels)."
         ),
     ] = None,
 ) -> None:
     """Segment a preprocessed case folder into a NIfTI label map (research use only)."""
+    options = {
+        "device": device,
+        "tta": tta,
+        "threshold": threshold,
+        "et_threshold": et_threshold,
+        "et_min_voxels": et_min_voxels,
+        "min_component_voxels": min_component_voxels,
+    }
+    overrides: dict[str, Any] = {"model": {k: v for k, v in options.items() if v is not None}}
     try:
+        settings = settings_for(config, data_dir, overrides)
+        model_ref = model or settings.model.default
+        if not model_ref:
+            raise ModelNotFoundError("no --model given and no model.default configured")
         # Imported here: torch and MONAI stay out of every other segnode command.
+        from segnode.pipeline.model.registry import node_registry
         from segnode.pipeline.training.prediction import predict_case
 
         summary = predict_case(
             case_dir,
             out,
-            resolve_model(model, config, data_dir),
+            node_registry(settings.storage.data_dir).resolve(model_ref),
+            settings.model,
             convention=labels,
-            tta=tta,
             roi_size=roi,
-            threshold=threshold,
-            et_threshold=et_threshold,
-            et_min_voxels=et_min_voxels,
-            min_component_voxels=min_component_voxels,
         )
     except SegnodeError as exc:
         typer.echo(f"error: {exc}", err=True)

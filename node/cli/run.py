@@ -14,8 +14,8 @@ from typing import Annotated
 
 import typer
 
-from segnode.config.settings import OUTPUT_KINDS, OutputKind
 from segnode.node.cli.options import ConfigOption, DataDirOption, JsonOption, settings_or_exit
+from segnode.vocabulary import OUTPUT_KINDS, OutputKind
 
 
 def _kinds(value: str) -> list[OutputKind]:
@@ -43,7 +43,7 @@ def run(
     from segnode.node.cli.study_folder import read_headers
     from segnode.pipeline.errors import PipelineError
     from segnode.pipeline.steps import STEP_ORDER, StepSettings, run_step
-    from segnode.pipeline.workspace import Workspace, write_inputs
+    from segnode.pipeline.workspace import Inputs, Workspace
 
     kinds = _kinds(outputs)
     overrides = {"model": {"default": model}} if model else {}
@@ -60,7 +60,9 @@ def run(
         raise typer.Exit(2)
     [(study_uid, series)] = studies.items()
     workspace = Workspace(out.resolve() / "work")
-    write_inputs(workspace, study_uid, {uid: [path for path, _ in items] for uid, items in series.items()})
+    workspace.write_inputs(
+        Inputs.of(study_uid, {uid: [path for path, _ in items] for uid, items in series.items()})
+    )
     step_settings = StepSettings.from_settings(settings, kinds)
     steps: dict[str, object] = {}
     for name in STEP_ORDER:
@@ -72,21 +74,19 @@ def run(
             typer.echo(f"error: {name} failed: {exc}", err=True)
             raise typer.Exit(1) from exc
         steps[name] = {"step_s": record.get("step_s")}
-    results = workspace.read_json("results.json")
+    results = workspace.read_results()
     written = []
-    for entry in results["objects"]:
-        target = out / Path(entry["path"]).name
-        shutil.copyfile(entry["path"], target)
-        written.append({**entry, "path": str(target)})
-    volumes_ml: dict[str, float] = {
-        region: round(float(entry["ml"]), 3)
-        for region, entry in results["volumes"].items()
-        if isinstance(entry, dict)
+    for obj in results.objects:
+        target = out / obj.path.name
+        shutil.copyfile(obj.path, target)
+        written.append(obj.model_copy(update={"path": target}))
+    volumes_ml = {
+        region.value: round(volume.ml, 3) for region, volume in results.volumes.regions.items()
     }
     summary = {
         "study_instance_uid": study_uid,
         "unreadable_files": unreadable,
-        "objects": written,
+        "objects": [obj.model_dump(mode="json") for obj in written],
         "volumes_ml": volumes_ml,
         "steps": steps,
         "work_dir": str(workspace.root),
@@ -94,8 +94,8 @@ def run(
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
-    for entry in written:
-        typer.echo(f"wrote {entry['kind']:<4} {entry['path']}")
+    for obj in written:
+        typer.echo(f"wrote {obj.kind:<4} {obj.path}")
     for region, volume in volumes_ml.items():
         typer.echo(f"{region:>4} {volume:8.2f} ml")
 

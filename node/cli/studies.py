@@ -1,14 +1,18 @@
-"""``segnode studies``: received studies with their completion state, and the quarantine count."""
+"""``segnode studies``: received studies with their completion state, and the quarantine count.
+
+Read-only: it opens the database without migrating (``open_sessions``); the rows come from
+``segnode.storage.queries``, this module only formats them.
+"""
 
 from __future__ import annotations
 
 import json
 
 import typer
-from sqlalchemy import func, select
 
 from segnode.node.cli.options import ConfigOption, DataDirOption, JsonOption, open_sessions
-from segnode.storage.models import QuarantinedInstance, Series, Study
+from segnode.storage.database import read_only_session
+from segnode.storage.queries import list_studies, quarantined_count
 
 
 def studies(
@@ -16,34 +20,18 @@ def studies(
 ) -> None:
     """List received studies with their completion state."""
     sessions = open_sessions(config, data_dir)
-    with sessions() as session:
-        rows = session.execute(
-            select(Study, func.count(Series.id))
-            .join(Series, Series.study_id == Study.id, isouter=True)
-            .group_by(Study.id)
-            .order_by(Study.id)
-        ).all()
-        entries = [
-            {
-                "id": study.id,
-                "study_instance_uid": study.study_instance_uid,
-                "state": study.state,
-                "series": count,
-                "instances": study.received_instances,
-                "last_received_at": study.last_received_at.isoformat(),
-                "reason": study.state_reason,
-            }
-            for study, count in rows
-        ]
-        quarantined = session.execute(select(func.count(QuarantinedInstance.id))).scalar_one()
+    with read_only_session(sessions) as session:
+        rows = list_studies(session)
+        quarantined = quarantined_count(session)
     if as_json:
+        entries = [row.to_json() for row in rows]
         typer.echo(json.dumps({"studies": entries, "quarantined": quarantined}, indent=2))
         return
-    for entry in entries:
+    for row in rows:
         typer.echo(
-            f"{entry['id']:>5}  {entry['state']:<10} {entry['series']:>3} series "
-            f"{entry['instances']:>6} instances  {entry['study_instance_uid']}\n"
-            f"       {entry['reason']}"
+            f"{row.id:>5}  {row.state:<10} {row.series:>3} series "
+            f"{row.instances:>6} instances  {row.study_instance_uid}\n"
+            f"       {row.reason}"
         )
     typer.echo(f"{quarantined} instance(s) in quarantine")
 

@@ -1,8 +1,13 @@
 """``segnode train``: train the paper's network on BraTS-style case folders.
 
-A thin entry point: it maps options onto :class:`segnode.pipeline.training.trainer.TrainConfig`,
-prints one line per step, and reports the model folder. Everything else lives in
-``segnode.pipeline.training.trainer`` so it can be tested and reused without a command line.
+A thin entry point: each option is a field of
+:class:`segnode.pipeline.training.config.TrainConfig` under the same name (``--init-filters``
+is ``init_filters``; the older short spellings ``--filters``, ``--lr``, ``--root``,
+``--foreground-crops``, ``--max-steps``, ``--note``, ``--cache`` and ``--out`` still work).
+It prints one line per step and reports the model folder. ``--init-weights`` takes a model
+folder or a model id in the registry of ``--config``/``--data-dir``, as ``segnode predict
+--model`` does. Everything else lives in ``segnode.pipeline.training`` so it can be tested and
+reused without a command line.
 """
 
 from __future__ import annotations
@@ -11,39 +16,45 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from segnode.config.errors import SegnodeError
+from segnode.node.cli.options import ConfigOption, DataDirOption, JsonOption, settings_for
 from segnode.node.cli.progress import StepBar
 from segnode.pipeline.training.augmentation import PAPER_CROP
 
+if TYPE_CHECKING:
+    from segnode.pipeline.training.checkpoints import InitWeightsReport
 
-def _describe_init(init: dict[str, object]) -> str:
-    missing, unexpected = init["missing"], init["unexpected"]
-    assert isinstance(missing, list) and isinstance(unexpected, list)
+def _describe_init(init: InitWeightsReport) -> str:
     return (
-        f"initial weights: model {init['model_id']} (sha256 {str(init['weights_sha256'])[:12]}), "
-        f"{init['loaded']} tensors loaded; {len(missing)} missing (start fresh): "
-        f"{', '.join(missing) or 'none'}; {len(unexpected)} unexpected (not loaded): "
-        f"{', '.join(unexpected) or 'none'}"
+        f"initial weights: model {init.model_id} (sha256 {init.weights_sha256[:12]}), "
+        f"{init.loaded} tensors loaded; {len(init.missing)} missing (start fresh): "
+        f"{', '.join(init.missing) or 'none'}; {len(init.unexpected)} unexpected (not loaded): "
+        f"{', '.join(init.unexpected) or 'none'}"
     )
 
 
 def train(
-    out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoint, log, model/.")],
-    case: Annotated[
+    out_dir: Annotated[
+        Path, typer.Option("--out-dir", "--out", help="Run folder: checkpoint, log, model/.")
+    ],
+    cases: Annotated[
         list[Path] | None,
         typer.Option("--case", help="A labelled case folder (repeatable).", file_okay=False),
     ] = None,
-    root: Annotated[
+    data_roots: Annotated[
         list[Path] | None,
         typer.Option(
-            "--root", help="Folder searched for labelled cases (repeatable).", file_okay=False
+            "--data-root",
+            "--root",
+            help="Folder searched for labelled cases (repeatable).",
+            file_okay=False,
         ),
     ] = None,
-    val_case: Annotated[
+    val_cases: Annotated[
         list[Path] | None,
         typer.Option(
             "--val-case", help="A labelled validation case folder (repeatable).", file_okay=False
@@ -57,14 +68,17 @@ def train(
         tuple[int, int, int],
         typer.Option(help="Training crop X Y Z (multiples of 16 with the VAE)."),
     ] = PAPER_CROP,
-    filters: Annotated[int, typer.Option(help="init_filters: 32 (paper) or 16.")] = 32,
+    init_filters: Annotated[
+        int, typer.Option("--init-filters", "--filters", help="32 (paper) or 16.")
+    ] = 32,
     vae: Annotated[
         bool, typer.Option("--vae/--no-vae", help="SegResNetVAE (paper) or SegResNet.")
     ] = True,
     seed: Annotated[int, typer.Option(help="Seed for every random draw.")] = 0,
-    foreground_crops: Annotated[
+    foreground_probability: Annotated[
         float,
         typer.Option(
+            "--foreground-probability",
             "--foreground-crops",
             help="Share of crops centred on tumour (0 = the paper's uniform crop).",
         ),
@@ -73,10 +87,12 @@ def train(
         bool, typer.Option("--resume", help="Continue from the run folder's checkpoint.")
     ] = False,
     device: Annotated[
-        str | None, typer.Option(help="cpu, cuda or cuda:N (default: CUDA if present).")
+        str | None,
+        typer.Option(help="auto (default: CUDA if present), cpu, cuda or cuda:N."),
     ] = None,
-    max_steps: Annotated[
-        int | None, typer.Option("--max-steps", help="At most N steps per epoch.")
+    max_steps_per_epoch: Annotated[
+        int | None,
+        typer.Option("--max-steps-per-epoch", "--max-steps", help="At most N steps per epoch."),
     ] = None,
     fp16_weights: Annotated[
         bool, typer.Option("--fp16-weights", help="Store model.pt in float16.")
@@ -85,7 +101,8 @@ def train(
         str | None, typer.Option("--model-id", help="Manifest id of the trained model.")
     ] = None,
     learning_rate: Annotated[
-        float, typer.Option("--lr", help="Initial Adam learning rate (paper: 1e-4).")
+        float,
+        typer.Option("--learning-rate", "--lr", help="Initial Adam learning rate (paper: 1e-4)."),
     ] = 1e-4,
     init_weights: Annotated[
         str | None,
@@ -93,75 +110,88 @@ def train(
             "--init-weights",
             help=(
                 "Start from a model's weights (fine-tuning): a model folder or a model id "
-                "(registry or built-in). The segmentation path must load fully; the VAE "
-                "branch starts fresh. Ignored with --resume."
+                "(registry of --config/--data-dir, or built-in). The segmentation path must "
+                "load fully; the VAE branch starts fresh. Ignored with --resume."
             ),
         ),
     ] = None,
-    note: Annotated[str, typer.Option(help="Appended to the manifest's training_data.")] = "",
+    training_data_note: Annotated[
+        str,
+        typer.Option(
+            "--training-data-note", "--note", help="Appended to the manifest's training_data."
+        ),
+    ] = "",
     recipe: Annotated[
         str | None,
         typer.Option(
             help=(
                 "A named recipe (pipeline/training/recipes.py: paper-vae, paper-novae, "
                 "unet-bce-dice, segresnet-bce-dice): it sets network, loss, crop, grid, "
-                "crop sampling and learning rate, in place of --filters/--vae/--crop/--lr/"
-                "--foreground-crops."
+                "crop sampling and learning rate, in place of --init-filters/--vae/--crop/"
+                "--learning-rate/--foreground-probability."
             )
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Crops per step.")] = 1,
-    cache: Annotated[
+    cache_dir: Annotated[
         Path | None,
-        typer.Option(help="Folder for compact brain-cropped copies of the cases (faster reruns)."),
+        typer.Option(
+            "--cache-dir",
+            "--cache",
+            help="Folder for compact brain-cropped copies of the cases (faster reruns).",
+        ),
     ] = None,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Train SegResNetVAE as in Myronenko 2018 and write a model folder with its manifest."""
     try:
         # Imported here: torch and MONAI stay out of every other segnode command.
-        from segnode.pipeline.training import trainer as training
-
-        init_folder = None
-        if init_weights is not None:
-            from segnode.node.cli.predict import resolve_model
-
-            init_folder = resolve_model(init_weights)
+        from segnode.pipeline.training import trainer
+        from segnode.pipeline.training.checkpoints import InitWeightsReport
+        from segnode.pipeline.training.config import TrainConfig
         from segnode.pipeline.training.recipes import get_recipe
 
+        settings = settings_for(config, data_dir)
+        init_folder = None
+        if init_weights is not None:
+            from segnode.pipeline.model.registry import node_registry
+
+            init_folder = node_registry(settings.storage.data_dir).resolve(init_weights)
         chosen = None
         if recipe is not None:
             try:
                 chosen = get_recipe(recipe)
             except KeyError as exc:
                 raise typer.BadParameter(str(exc.args[0]), param_hint="--recipe") from exc
-        config = training.TrainConfig(
-            out_dir=out,
-            cases=tuple(case or ()),
-            data_roots=tuple(root or ()),
-            val_cases=tuple(val_case or ()),
+        run = TrainConfig(
+            out_dir=out_dir,
+            cases=tuple(cases or ()),
+            data_roots=tuple(data_roots or ()),
+            val_cases=tuple(val_cases or ()),
             val_every=val_every,
             epochs=epochs,
             crop=crop,
-            init_filters=filters,
+            init_filters=init_filters,
             vae=vae,
             seed=seed,
-            foreground_probability=foreground_crops,
+            foreground_probability=foreground_probability,
             resume=resume,
             device=device,
-            max_steps_per_epoch=max_steps,
+            max_steps_per_epoch=max_steps_per_epoch,
             fp16_weights=fp16_weights,
             model_id=model_id,
-            training_data_note=note,
+            training_data_note=training_data_note,
             learning_rate=learning_rate,
             init_weights=init_folder,
             batch_size=batch_size,
-            cache_dir=cache,
+            cache_dir=cache_dir,
         )
         if chosen is not None:
-            config = dataclasses.replace(
-                config,
+            run = dataclasses.replace(
+                run,
                 crop=chosen.crop,
                 network=chosen.architecture,
                 bce_weight=chosen.bce_weight,
@@ -172,7 +202,7 @@ def train(
             )
         bar = None if quiet else StepBar(None, f"train {recipe or ''}".strip())
         try:
-            result = training.train(config, progress=bar)
+            result = trainer.train(run, progress=bar)
         finally:
             if bar is not None:
                 bar.close()
@@ -188,12 +218,12 @@ def train(
         "metrics": result.metrics,
         "init_weights": result.init_weights,
     }
-    if json_output:
+    if as_json:
         json.dump(summary, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         if result.init_weights is not None:
-            typer.echo(_describe_init(result.init_weights))
+            typer.echo(_describe_init(InitWeightsReport.from_dict(result.init_weights)))
         typer.echo(f"model folder: {result.model_dir} ({result.epochs_completed} epochs)")
 
 

@@ -2,21 +2,20 @@
 
 Why the database and not memory: every timer is derived from stored times
 (last instance, association close), so after a restart the monitor simply
-carries on. Firing is an optimistic state change (``WHERE state = 'receiving'
-AND last_received_at = <snapshot>``): an instance that arrives while the
-monitor decides wins, and two monitors sharing one PostgreSQL cannot both fire.
+carries on. Each tick reads a study (``segnode.storage.studies.receiving_study``),
+decides with the pure rule (``segnode.node.completion.rule.decide``) and routing, and
+concludes it with an optimistic state change (``conclude_study``): an instance that arrives
+while the monitor decides wins, and two monitors sharing one PostgreSQL cannot both fire.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from segnode.config.settings import (
@@ -37,19 +36,17 @@ from segnode.node.completion.rule import (
 )
 from segnode.node.logs import log_context
 from segnode.pipeline.selection import identify_sequences
-from segnode.pipeline.sequence_facts import facts_from_attributes
-from segnode.storage.ingest import record_node_event
+from segnode.pipeline.sequence_facts import SequenceFacts, facts_from_attributes
+from segnode.storage.events import record_node_event
 from segnode.storage.job_states import JobState
 from segnode.storage.jobs import append_job_event, attach_series, create_job, latest_job
-from segnode.storage.models import (
-    Association,
-    Instance,
-    Series,
-    Study,
-    StudyAssociation,
-    StudyState,
-    UtcDateTime,
-    utc_now,
+from segnode.storage.models import StudyState, utc_now
+from segnode.storage.studies import (
+    ReceivingStudy,
+    conclude_study,
+    receiving_study,
+    receiving_study_ids,
+    record_deadline_passed,
 )
 
 log = logging.getLogger(__name__)
@@ -114,11 +111,7 @@ class CompletionMonitor:
         """Evaluate every study in ``receiving`` once."""
         now = now or utc_now()
         with self._sessions() as session:
-            study_ids = list(
-                session.execute(
-                    select(Study.id).where(Study.state == StudyState.RECEIVING).order_by(Study.id)
-                ).scalars()
-            )
+            study_ids = receiving_study_ids(session)
         outcomes = []
         for study_id in study_ids:
             with log_context(study_id=study_id):
@@ -129,68 +122,62 @@ class CompletionMonitor:
             self._on_job()
         return outcomes
 
-    def _series_facts(self, session: Session, study: Study) -> list[SeriesFacts]:
-        called: dict[int, set[str]] = defaultdict(set)
-        calling: dict[int, set[str]] = defaultdict(set)
-        rows = session.execute(
-            select(Instance.series_id, Instance.called_ae, Instance.calling_ae)
-            .join(Series, Series.id == Instance.series_id)
-            .where(Series.study_id == study.id)
-            .distinct()
-        )
-        for series_id, called_ae, calling_ae in rows:
-            called[series_id].add(called_ae)
-            calling[series_id].add(calling_ae)
+    @staticmethod
+    def _series_facts(study: ReceivingStudy) -> list[SeriesFacts]:
         return [
             SeriesFacts(
                 series_instance_uid=series.series_instance_uid,
                 attributes=series.attributes,
-                called_ae_titles=frozenset(called[series.id]),
-                calling_ae_titles=frozenset(calling[series.id]),
+                called_ae_titles=series.called_ae_titles,
+                calling_ae_titles=series.calling_ae_titles,
             )
             for series in study.series
         ]
 
-    def _snapshot(self, session: Session, study: Study) -> StudySnapshot:
-        open_count, last_closed = session.execute(
-            select(
-                func.count(Association.id).filter(Association.ended_at.is_(None)),
-                func.max(Association.ended_at, type_=UtcDateTime()),
+    @staticmethod
+    def _sequence_facts(study: ReceivingStudy) -> list[SequenceFacts]:
+        """What sequence identification reads, from the headers captured at receive time."""
+        return [
+            facts_from_attributes(
+                series.series_instance_uid,
+                series.attributes,
+                series.instance_count * int(series.attributes.get("NumberOfFrames") or 1),
             )
-            .join(StudyAssociation, StudyAssociation.association_id == Association.id)
-            .where(StudyAssociation.study_id == study.id)
-        ).one()
-        patterns = self._completion.role_patterns
+            for series in study.series
+        ]
+
+    def _snapshot(self, study: ReceivingStudy) -> StudySnapshot:
+        roles = series_roles(self._sequence_facts(study), self._selection)
         return StudySnapshot(
-            receiving_since=study.state_changed_at,
+            receiving_since=study.receiving_since,
             last_received_at=study.last_received_at,
             series=tuple(
                 SeriesTiming(
                     series.series_instance_uid,
                     series.last_received_at,
-                    series_roles(series.attributes, patterns),
+                    roles[series.series_instance_uid],
                 )
                 for series in study.series
             ),
-            open_associations=int(open_count or 0),
-            last_association_closed_at=last_closed,
+            open_associations=study.open_associations,
+            last_association_closed_at=study.last_association_closed_at,
         )
 
     def _evaluate(self, study_id: int, now: datetime) -> StudyOutcome | None:
         with self._sessions.begin() as session:
-            study = session.get(Study, study_id)
-            if study is None or study.state != StudyState.RECEIVING:
+            study = receiving_study(session, study_id)
+            if study is None:
                 return None
-            route = route_study(self._routing, self._series_facts(session, study))
+            route = route_study(self._routing, self._series_facts(study))
             policy = self._completion.profiles[route.completion_profile]
-            decision = decide(self._snapshot(session, study), policy, now)
+            decision = decide(self._snapshot(study), policy, now)
 
             if decision.verdict is Verdict.WAIT:
-                if decision.deadline_passed and study.deadline_passed_at is None:
-                    study.deadline_passed_at = now
-                    record_node_event(
-                        session, "deadline_passed", {"reason": decision.reason}, study_id=study_id
-                    )
+                if (
+                    decision.deadline_passed
+                    and study.deadline_passed_at is None
+                    and record_deadline_passed(session, study_id, now, decision.reason)
+                ):
                     log.warning(
                         "study deadline passed; waiting on", extra={"reason": decision.reason}
                     )
@@ -200,7 +187,7 @@ class CompletionMonitor:
     def _conclude(
         self,
         session: Session,
-        study: Study,
+        study: ReceivingStudy,
         route: RoutingDecision,
         decision: CompletionDecision,
         now: datetime,
@@ -213,23 +200,7 @@ class CompletionMonitor:
         else:
             new_state, reason = StudyState.COMPLETE, f"{decision.reason}; {route.explanation}"
 
-        changed = session.execute(
-            update(Study)
-            .where(
-                Study.id == study.id,
-                Study.state == StudyState.RECEIVING,
-                Study.last_received_at == study.last_received_at,
-            )
-            .values(
-                state=new_state,
-                state_reason=reason,
-                state_changed_at=now,
-                routing_rule=route.rule,
-                times_fired=Study.times_fired + (1 if new_state == StudyState.COMPLETE else 0),
-            )
-            .execution_options(synchronize_session=False)
-        ).rowcount  # type: ignore[attr-defined]
-        if changed != 1:
+        if not conclude_study(session, study, new_state, reason=reason, rule=route.rule, at=now):
             return None  # an instance arrived meanwhile, or another node decided
 
         detail: dict[str, object] = {
@@ -245,7 +216,7 @@ class CompletionMonitor:
         if new_state == StudyState.COMPLETE:
             job_id = self._job_for(session, study, reason, route.rule, detail)
         record_node_event(
-            session, f"study_{new_state}", detail | {"job_id": job_id}, study_id=study.id
+            session, f"study_{new_state}", detail | {"job_id": job_id}, study_id=study.study_id
         )
         # The routing explanation names the matched Series Instance UID: DEBUG only
         # (the full reason is in the study row and its node event).
@@ -255,18 +226,18 @@ class CompletionMonitor:
             extra={"reason": decision.reason, "rule": route.rule, "job_id": job_id},
         )
         log.debug("study routed", extra={"explanation": route.explanation})
-        return StudyOutcome(study.id, decision.verdict, new_state, reason, job_id)
+        return StudyOutcome(study.study_id, decision.verdict, new_state, reason, job_id)
 
     def _job_for(
         self,
         session: Session,
-        study: Study,
+        study: ReceivingStudy,
         reason: str,
         rule: str | None,
         detail: dict[str, object],
     ) -> int:
-        series_ids = [series.id for series in study.series]
-        previous = latest_job(session, study.id)
+        series_ids = [series.series_id for series in study.series]
+        previous = latest_job(session, study.study_id)
         late_policy = self._completion.late_series
         if (
             previous is not None
@@ -282,7 +253,7 @@ class CompletionMonitor:
             }
         job = create_job(
             session,
-            study_id=study.id,
+            study_id=study.study_id,
             trigger=reason,
             routing_rule=rule,
             series_ids=series_ids,
@@ -291,14 +262,6 @@ class CompletionMonitor:
         append_job_event(session, job.id, "selection", self._identify(study))
         return job.id
 
-    def _identify(self, study: Study) -> dict[str, object]:
+    def _identify(self, study: ReceivingStudy) -> dict[str, object]:
         """Sequence identification from the captured headers, recorded with the job."""
-        facts = [
-            facts_from_attributes(
-                series.series_instance_uid,
-                series.attributes,
-                series.instance_count * int(series.attributes.get("NumberOfFrames") or 1),
-            )
-            for series in study.series
-        ]
-        return identify_sequences(facts, self._selection).as_record()
+        return identify_sequences(self._sequence_facts(study), self._selection).as_record()

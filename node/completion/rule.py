@@ -6,18 +6,22 @@ study quiet time, association release as a hint, required series roles, and a
 forced deadline with an action. :func:`decide` is a pure function of a study
 snapshot and the clock, so it is tested without threads or sleeps; the
 database-backed loop that applies it lives in ``node/completion/monitor.py``.
+
+The roles come from :func:`series_roles`, which is the pipeline's own sequence
+identification run on the headers received so far: one recogniser, so a study
+never waits for a "T1c" the select step would not take, or fires without one it would.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
 
-from segnode.config.settings import CompletionPolicy, DeadlineAction
+from segnode.config.settings import CompletionPolicy, DeadlineAction, SelectionSettings
+from segnode.pipeline.selection import identify_sequences
+from segnode.pipeline.sequence_facts import SequenceFacts
 
 
 class Verdict(StrEnum):
@@ -51,20 +55,25 @@ class CompletionDecision:
     missing_roles: tuple[str, ...] = ()
 
 
-def series_roles(attributes: Mapping[str, Any], role_patterns: Mapping[str, str]) -> frozenset[str]:
-    """Roles (t1, t1c, ...) a series looks like from its description and protocol name.
+def series_roles(
+    series: Sequence[SequenceFacts], selection: SelectionSettings
+) -> dict[str, frozenset[str]]:
+    """Series Instance UID -> the role (t1, t1c, t2, flair) identification gives it, or none.
 
-    A quick recogniser for the "required series" trigger while a study is still
-    arriving; the pipeline's sequence identification makes the real choice.
+    The whole study is identified at once, as the select step does: whether a T1 is the
+    T1c can depend on the other series (acquired after a contrast-enhanced one). A series
+    identification rejects (a localizer, diffusion, fewer than ``min_images`` images so
+    far) has no role.
     """
-    text = " ".join(
-        str(attributes.get(keyword) or "") for keyword in ("SeriesDescription", "ProtocolName")
-    )
-    roles = {role for role, pattern in role_patterns.items() if re.search(pattern, text)}
-    # A post-contrast T1 is not also the plain T1.
-    if "t1c" in roles:
-        roles.discard("t1")
-    return frozenset(roles)
+    assignment = identify_sequences(series, selection)
+    return {
+        candidate.facts.series_instance_uid: (
+            frozenset({candidate.role.value})
+            if candidate.role is not None and candidate.rejected is None
+            else frozenset()
+        )
+        for candidate in assignment.candidates
+    }
 
 
 def _seconds(delta: timedelta) -> float:
@@ -74,7 +83,8 @@ def _seconds(delta: timedelta) -> float:
 def decide(snapshot: StudySnapshot, policy: CompletionPolicy, now: datetime) -> CompletionDecision:
     """Whether a receiving study fires now, waits, or is discarded, and why."""
     present = frozenset().union(*(series.roles for series in snapshot.series))
-    missing = tuple(role for role in policy.required_series if role not in present)
+    required = [str(role) for role in policy.required_series]
+    missing = tuple(role for role in required if role not in present)
 
     quiet_series = [
         series
@@ -106,12 +116,8 @@ def decide(snapshot: StudySnapshot, policy: CompletionPolicy, now: datetime) -> 
         )
 
     if quiet_reason is not None and not missing:
-        required = (
-            f"; required series {list(policy.required_series)} present"
-            if policy.required_series
-            else ""
-        )
-        return CompletionDecision(Verdict.FIRE, f"complete: {quiet_reason}{required}")
+        present_note = f"; required series {required} present" if required else ""
+        return CompletionDecision(Verdict.FIRE, f"complete: {quiet_reason}{present_note}")
 
     deadline = snapshot.receiving_since + timedelta(seconds=policy.deadline_s)
     if now < deadline:

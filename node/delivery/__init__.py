@@ -7,7 +7,8 @@ the clients; ``outcome`` holds the receipt and the transient/permanent errors.
 
 from __future__ import annotations
 
-from segnode.config.settings import OutputKind, Settings
+from segnode.config.settings import Settings
+from segnode.vocabulary import OutputKind
 
 #: What the node writes when no destination asks for anything (``segnode run`` and tests).
 DEFAULT_OUTPUT_KINDS: tuple[OutputKind, ...] = ("seg", "sr")

@@ -23,7 +23,9 @@ from segnode.node.delivery.dispatch import (
     TransientDeliveryError,
     send_files,
 )
-from segnode.pipeline.workspace import Workspace
+from segnode.node.logs import log_context
+from segnode.pipeline.workspace import Results, Workspace
+from segnode.storage.job_states import JobState
 from segnode.storage.jobs import append_job_event, ensure_deliveries
 from segnode.storage.models import DeliveryState, JobDelivery, utc_now
 
@@ -41,11 +43,9 @@ class SendingOutcome:
     delivered: list[str]
 
 
-def files_for(workspace: Workspace, destination: Destination) -> list[Path]:
+def files_for(results: Results, destination: Destination) -> list[Path]:
     """The written objects of the kinds this destination receives."""
-    objects = workspace.read_json("results.json")["objects"]
-    wanted = set(destination.send)
-    return [Path(entry["path"]) for entry in objects if entry["kind"] in wanted]
+    return [obj.path for obj in results.of_kinds(set(destination.send))]
 
 
 def _attempt(
@@ -119,18 +119,23 @@ def send_results(
     job_id: int,
     workspace: Workspace,
     settings: DeliverySettings,
-    node_ae_title: str,
 ) -> SendingOutcome:
     """Try every destination that is due; commit each destination's outcome on its own.
 
-    ``node_ae_title`` is the calling AE title of destinations that do not set their own.
+    Every line logged meanwhile (this module's, the DIMSE and STOW clients') carries the
+    job id and ``step="sending"``, like the lines of the job's pipeline steps.
     """
-    destinations = {
-        destination.name: destination.model_copy(
-            update={"calling_ae": destination.calling_ae or node_ae_title}
-        )
-        for destination in settings.destinations
-    }
+    with log_context(job_id=job_id, step=JobState.SENDING.value):
+        return _send_due(sessions, job_id, workspace, settings)
+
+
+def _send_due(
+    sessions: sessionmaker[Session],
+    job_id: int,
+    workspace: Workspace,
+    settings: DeliverySettings,
+) -> SendingOutcome:
+    destinations = {destination.name: destination for destination in settings.destinations}
     with sessions.begin() as session:
         rows = ensure_deliveries(session, job_id, destinations)
         due = [
@@ -139,13 +144,16 @@ def send_results(
             if row.state == DeliveryState.PENDING
             and (row.next_attempt_at is None or row.next_attempt_at <= utc_now())
         ]
+    results: Results | None = None
     for row_id in due:
         with sessions.begin() as session:
             row = session.get(JobDelivery, row_id)
             if row is None or row.state != DeliveryState.PENDING:
                 continue
             destination = destinations[row.destination]
-            _attempt(session, row, destination, files_for(workspace, destination), settings, utc_now())
+            if results is None:  # read once, and only when something is due
+                results = workspace.read_results()
+            _attempt(session, row, destination, files_for(results, destination), settings, utc_now())
     with sessions.begin() as session:
         rows = ensure_deliveries(session, job_id, destinations)
         pending = [row.next_attempt_at or utc_now() for row in rows if row.state == DeliveryState.PENDING]

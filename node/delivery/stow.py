@@ -35,7 +35,7 @@ from typing import IO, Any
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
-from segnode.config.settings import Destination
+from segnode.config.settings import StowDestination
 from segnode.node.delivery.dimse.status import describe_status, is_transient_status
 from segnode.node.delivery.outcome import (
     DeliveryError,
@@ -159,7 +159,7 @@ def _read_files(destination: str, files: Sequence[Path]) -> list[tuple[str, byte
 
 
 def _failure_error(
-    destination: Destination, answer: StowAnswer, sent: Sequence[str], http_status: int
+    destination: StowDestination, answer: StowAnswer, sent: Sequence[str], http_status: int
 ) -> DeliveryError:
     """Some instances failed: transient only when every FailureReason is 0xA7xx/0x0213."""
     reasons = ", ".join(f"{uid}: {describe_status(code)}" for uid, code in answer.failed.items())
@@ -178,7 +178,7 @@ def _failure_error(
 
 
 def _http_error(
-    destination: Destination, error: urllib.error.HTTPError, sent: Sequence[str]
+    destination: StowDestination, error: urllib.error.HTTPError, sent: Sequence[str]
 ) -> DeliveryError:
     answer = parse_answer(error.read() or b"")
     if answer is not None and answer.failed:
@@ -193,7 +193,7 @@ def _http_error(
     return PermanentDeliveryError(destination.name, message, cause="http-status")
 
 
-def send_stow(destination: Destination, files: Sequence[Path]) -> DeliveryReceipt:
+def send_stow(destination: StowDestination, files: Sequence[Path]) -> DeliveryReceipt:
     """POST every file to ``destination.url`` in one STOW-RS request (one attempt).
 
     Raises:
@@ -202,10 +202,6 @@ def send_stow(destination: Destination, files: Sequence[Path]) -> DeliveryReceip
         PermanentDeliveryError: HTTP 4xx, any other failed instance, or an
             instance the server neither stored nor listed as failed.
     """
-    if destination.url is None:
-        raise PermanentDeliveryError(
-            destination.name, "a stow-rs destination needs url", cause="config"
-        )
     started = time.monotonic()
     contents = _read_files(destination.name, files)
     if not contents:

@@ -13,6 +13,10 @@ jobs' CPU steps go on. Failures: a ``PipelineError`` is permanent (the job fails
 naming the step and cause); an ``OSError``, a dead worker or a timeout is transient (the
 step runs again after an exponential backoff, ``jobs.max_attempts`` times at most).
 
+The machine itself (states, steps, next states, which errors are transient) is the table in
+``segnode.storage.job_states``; every read and move of a job is a ``segnode.storage.jobs``
+function, so this module holds the policy (threads, backoff, the inference lock) and no SQL.
+
 One runner per database: jobs are claimed in memory. A site that outgrows one machine
 runs the same ``segnode.pipeline.steps.run_step`` on a distributed engine instead.
 """
@@ -28,7 +32,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from segnode.config.settings import Settings
@@ -39,23 +42,27 @@ from segnode.node.jobs.worker_pool import WorkerPool
 from segnode.node.logs import log_context
 from segnode.pipeline.errors import PipelineError
 from segnode.pipeline.steps import StepSettings, run_step
-from segnode.pipeline.workspace import Workspace, write_inputs
+from segnode.pipeline.workspace import Inputs, Workspace
 from segnode.storage.filestore import FileStore
 from segnode.storage.job_states import NEXT_STATE, STEP_FOR_STATE, TRANSIENT_ERRORS, JobState
 from segnode.storage.jobs import (
     advance_job,
     fail_job,
+    job_input_files,
+    job_progress,
     job_series_ids,
+    postpone_sending,
     postpone_step,
+    record_models,
     runnable_job_ids,
 )
-from segnode.storage.models import Instance, Job, JobSeries, Series, Study, utc_now
+from segnode.storage.models import utc_now
 
 log = logging.getLogger(__name__)
 
 
-
 def job_workspace(store: FileStore, job_id: int) -> Workspace:
+    """The job's folder under the data directory, where its steps read and write."""
     return Workspace(store.data_dir / "jobs" / str(job_id))
 
 
@@ -136,12 +143,10 @@ class JobRunner:
         workspace = job_workspace(self._store, job_id)
         while not self._stop.is_set():
             with self._sessions() as session:
-                job = session.get(Job, job_id)
-                if job is None or job.is_terminal:
-                    return
-                if job.next_attempt_at is not None and job.next_attempt_at > utc_now():
-                    return
-                state = JobState(job.state)
+                progress = job_progress(session, job_id)
+            if progress is None or not progress.due(utc_now()):
+                return  # gone, finished, or waiting out a backoff
+            state = progress.state
             if state is JobState.SENDING:
                 if not self._send(job_id, workspace):
                     return
@@ -172,7 +177,10 @@ class JobRunner:
                 ):
                     continue  # a late series was attached while the inputs were gathered: again
                 if state is JobState.INFERRING:
-                    self._record_models(session, job_id, outcome.record)
+                    inference = workspace.read_inference()
+                    record_models(
+                        session, job_id, [m.id for m in inference.models], inference.primary_model.sha256
+                    )
                 moved = advance_job(
                     session,
                     job_id,
@@ -196,7 +204,7 @@ class JobRunner:
             return _StepOutcome(record, time.perf_counter() - started)
         # One inference at a time on the node's device; the wait for it is not the step's time.
         slot = self._inference_lock if state is JobState.INFERRING else contextlib.nullcontext()
-        with slot:
+        with slot, log_context(job_id=job_id, step=state.value):  # the pool carries it to the step
             started = time.perf_counter()
             record = self._pool.run(
                 self._settings.jobs.step_timeout_s,
@@ -210,33 +218,17 @@ class JobRunner:
     def _gather_inputs(self, job_id: int, workspace: Workspace) -> dict[str, Any]:
         """The job's series and their stored files, written where the steps read them."""
         with self._sessions() as session:
-            study_uid = session.execute(
-                select(Study.study_instance_uid).join(Job, Job.study_id == Study.id).where(Job.id == job_id)
-            ).scalar_one()
-            series_ids = sorted(job_series_ids(session, job_id))
-            rows = session.execute(
-                select(Series.series_instance_uid, Instance.file_path)
-                .join(JobSeries, JobSeries.series_id == Series.id)
-                .join(Instance, Instance.series_id == Series.id)
-                .where(JobSeries.job_id == job_id, Series.id.in_(series_ids))
-            ).all()
-        series: dict[str, list[Path]] = {}
-        for series_uid, file_path in rows:
-            series.setdefault(series_uid, []).append(self._store.absolute(file_path))
-        write_inputs(workspace, study_uid, series)
+            inputs = job_input_files(session, job_id)
+        series: dict[str, list[Path]] = {
+            uid: [self._store.absolute(file_path) for file_path in files]
+            for uid, files in inputs.files.items()
+        }
+        workspace.write_inputs(Inputs.of(inputs.study_instance_uid, series))
         return {
             "work_dir": str(workspace.root),
-            "series_ids": series_ids,
+            "series_ids": list(inputs.series_ids),
             "series": {uid: len(files) for uid, files in sorted(series.items())},
         }
-
-    @staticmethod
-    def _record_models(session: Session, job_id: int, record: dict[str, Any]) -> None:
-        job = session.get(Job, job_id)
-        if job is not None and record.get("models"):
-            primary = record["models"][0]
-            job.model_id = "+".join(model["id"] for model in record["models"])
-            job.model_sha256 = primary["sha256"]
 
     def _send(self, job_id: int, workspace: Workspace) -> bool:
         """The sending step; True when the job moved on (done), False when it waits or failed."""
@@ -246,14 +238,11 @@ class JobRunner:
             job_id,
             workspace,
             self._settings.delivery,
-            self._settings.listener.ae_title,
         )
         duration = time.perf_counter() - started
         with self._sessions.begin() as session:
             if outcome.pending_until is not None:
-                job = session.get(Job, job_id)
-                if job is not None and job.state == JobState.SENDING:
-                    job.next_attempt_at = outcome.pending_until
+                postpone_sending(session, job_id, outcome.pending_until)
                 return False
             if outcome.failures:
                 causes = "; ".join(f"{name}: {error}" for name, error in sorted(outcome.failures.items()))
@@ -286,10 +275,10 @@ class JobRunner:
         error = f"{state.value}: {type(exc).__name__}: {exc}"
         jobs = self._settings.jobs
         with self._sessions.begin() as session:
-            job = session.get(Job, job_id)
-            if job is None:
+            progress = job_progress(session, job_id)
+            if progress is None:
                 return
-            attempts = job.step_attempt + 1
+            attempts = progress.step_attempt + 1
             if attempts >= jobs.max_attempts:
                 fail_job(session, job_id, state, f"{error} (after {attempts} attempts)", duration_s)
                 return

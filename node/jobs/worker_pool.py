@@ -6,6 +6,19 @@ native code (CUDA, ITK, a corrupt model) must not take the listener down. Worker
 with ``spawn`` so they inherit no threads or sockets from the listener; each keeps its
 loaded models between jobs. A worker that dies (killed, out of memory) breaks the pool:
 the pool is rebuilt and the caller sees :class:`WorkerCrashedError`, a transient failure.
+
+Logging: a worker's lines are the node's lines. ``spawn`` starts each worker with the node's
+file descriptors 0-2 (multiprocessing closes only those above 2), so a worker's stderr is
+the node's stderr: the journal under systemd, the log file ``segnode serve`` was started
+with. Each worker sets up the node's handler, level and format on that stream
+(:func:`_start_worker`), and every call runs inside the caller's log context
+(:func:`segnode.node.logs.log_context`), so a step's lines carry the job id and step of
+the runner thread that asked for it, as if the step ran in that thread. Why not records
+shipped to the node through a queue: a worker killed mid-write (a timeout, the OOM killer)
+can leave a multiprocessing queue half-written or its lock held, stalling every other
+worker's logging; a line to an inherited descriptor needs no lock and no reader. What
+this does not follow: a handler the node adds at the Python level only (a replaced
+``sys.stderr``, a file handler); the node has none, its log is its stderr.
 """
 
 from __future__ import annotations
@@ -15,14 +28,15 @@ import multiprocessing
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import ParamSpec, TypeVar
+from dataclasses import dataclass
+from typing import Generic, ParamSpec, TypeVar
 
 from segnode.config.errors import TransientError
 from segnode.node.errors import NodeError
-from segnode.node.logs import configure_logging
+from segnode.node.logs import configure_logging, current_log_context, log_context
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -52,6 +66,30 @@ def _start_worker(log_level: str, log_format: str) -> None:
     """
     _die_with_parent()
     configure_logging(log_level, log_format)
+
+
+@dataclass(frozen=True)
+class _InLogContext(Generic[P, R]):
+    """What a worker runs: ``function`` with the caller's log fields on every line it logs.
+
+    A block, not a binding: the worker's next call (another job's step) starts clean. A
+    class rather than a closure so it pickles (by reference to ``function``).
+    """
+
+    fields: Mapping[str, object]
+    function: Callable[P, R]
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        with log_context(**self.fields):
+            return self.function(*args, **kwargs)
+
+
+def _portable(fields: Mapping[str, object]) -> dict[str, object]:
+    """Log fields that cross to a worker as they are (ids, names, numbers); others as text."""
+    return {
+        key: value if value is None or isinstance(value, str | int | float | bool) else str(value)
+        for key, value in fields.items()
+    }
 
 
 class WorkerCrashedError(NodeError, TransientError):
@@ -88,13 +126,18 @@ class WorkerPool:
     ) -> R:
         """``function(*args, **kwargs)`` in a worker; a step past ``timeout_s`` is killed.
 
+        The caller's log context goes with the call: what ``function`` logs carries the
+        fields of the :func:`~segnode.node.logs.log_context` blocks around this call (the
+        job runner's ``job_id`` and ``step``).
+
         Raises:
             WorkerCrashedError: the worker died (transient).
             StepTimeoutError: the step ran past ``timeout_s``; its worker was killed (transient).
         """
         with self._lock:
             pool = self._pool
-        future = pool.submit(function, *args, **kwargs)
+        fields = _portable(current_log_context())
+        future = pool.submit(_InLogContext(fields, function), *args, **kwargs)
         try:
             return future.result(timeout=timeout_s)
         except BrokenProcessPool as exc:

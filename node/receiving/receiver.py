@@ -29,19 +29,19 @@ from segnode.node.receiving.header import (
 )
 from segnode.storage.database import read_only_session
 from segnode.storage.errors import DiskFloorError, IdentityConflictError, UnsafeUidError
+from segnode.storage.events import record_node_event
 from segnode.storage.filestore import FileStore, check_uid
-from segnode.storage.ingest import (
+from segnode.storage.instance_writer import InstanceWriter
+from segnode.storage.instances import (
     InstanceRecord,
     find_instance,
     identity_conflict,
     record_instance,
-    record_node_event,
-    record_quarantine,
     replace_instance,
     stored_fingerprint,
 )
-from segnode.storage.instance_writer import InstanceWriter
 from segnode.storage.models import utc_now
+from segnode.storage.quarantine import record_quarantine
 
 log = logging.getLogger(__name__)
 

@@ -67,7 +67,8 @@ from segnode.node.receiving.header import STATUS_SOP_CLASS_NOT_SUPPORTED, quoted
 from segnode.node.receiving.negotiation import contexts_preferring_sender
 from segnode.node.receiving.receiver import STATUS_PROCESSING_FAILURE, InstanceReceiver, Sender
 from segnode.node.tls import listener_ssl_context
-from segnode.storage.ingest import close_association, open_association, record_node_event
+from segnode.storage.associations import close_association, record_association_opened
+from segnode.storage.events import record_node_event
 from segnode.storage.models import AssociationOutcome
 
 log = logging.getLogger(__name__)
@@ -294,7 +295,7 @@ class StorageSCP:
         self._states[assoc] = state
         self._refuse_stores_outside_storage(assoc, state)
         with self._sessions.begin() as session:
-            open_association(
+            record_association_opened(
                 session,
                 state.association_id,
                 calling_ae=state.calling_ae,

@@ -42,3 +42,8 @@ class BundleImportError(ModelError):
 
 class ChannelNameError(BundleImportError):
     """A bundle's channel name maps to no input role or output region."""
+
+
+class DeviceError(ModelError):
+    """The configured torch device is unknown or not available on this machine
+    (``segnode.pipeline.model.device``)."""

@@ -1,9 +1,9 @@
-"""Inference: region probabilities from one or more networks, then the label map.
+"""Inference: region probabilities from one or more networks.
 
 The network predicts the three nested regions (WT, TC, ET) with sigmoids (paper, section
-3.1). ``predict_regions`` returns their probabilities in ``REGIONS`` order, averaged over the
-8 axis flips when test-time augmentation is on (paper, section 4) and over the networks of an
-ensemble; ``postprocess`` turns them into a BraTS label map and says what it changed. Results
+3.1). ``predict_regions`` returns their probabilities in ``NESTED_REGIONS`` order, averaged over
+the 8 axis flips when test-time augmentation is on (paper, section 4) and over the networks of
+an ensemble; ``postprocess.postprocess`` turns them into a BraTS label map. Results
 depend only on the inputs and the parameters, so the job record can store the parameters and
 reproduce a result (``predict_regions`` does move the networks to the device and memory layout
 it runs them in).
@@ -14,21 +14,18 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as functional
 from monai.inferers.utils import sliding_window_inference
-from scipy import ndimage
 
 from segnode.pipeline.errors import InferenceError
-from segnode.pipeline.model.labels import ED, NCR, REGIONS, LabelConvention, regions_to_labels
-from segnode.pipeline.model.manifest import PostprocessingSpec
 from segnode.pipeline.model.network import segmentation_logits
 from segnode.pipeline.model.resolution import upsample
+from segnode.vocabulary import NESTED_REGION_KEYS, NESTED_REGIONS
 
 log = logging.getLogger(__name__)
 
@@ -94,17 +91,17 @@ def _crop(batch: torch.Tensor, padding: Padding) -> torch.Tensor:
 
 
 def region_order(output_channels: Sequence[str]) -> list[int]:
-    """Index of each of ``REGIONS`` among a model's output channels.
+    """Index of each of ``NESTED_REGIONS`` among a model's output channels.
 
     A site bundle may emit (TC, WT, ET) where our own models emit (WT, TC, ET); the manifest
-    says which, and everything downstream sees ``REGIONS`` order.
+    says which, and everything downstream sees ``NESTED_REGIONS`` order.
     """
-    if sorted(output_channels) != sorted(REGIONS):
+    if sorted(output_channels) != sorted(NESTED_REGION_KEYS):
         raise InferenceError(
-            f"output_channels must be a permutation of {REGIONS}, got {tuple(output_channels)}: "
-            "fix the model's manifest"
+            f"output_channels must be a permutation of {NESTED_REGION_KEYS}, got "
+            f"{tuple(output_channels)}: fix the model's manifest"
         )
-    return [list(output_channels).index(region) for region in REGIONS]
+    return [list(output_channels).index(key) for key in NESTED_REGION_KEYS]
 
 
 def choose_roi(
@@ -254,7 +251,7 @@ def predict_regions(
             ``roi_size`` is then on the model's grid.
 
     Returns:
-        float32 array (3, x, y, z) of probabilities in ``REGIONS`` order (WT, TC, ET).
+        float32 array (3, x, y, z) of probabilities in ``NESTED_REGIONS`` order (WT, TC, ET).
 
     Raises:
         InferenceError: no network, a malformed image, window or channel list.
@@ -281,7 +278,9 @@ def predict_regions(
     batch = batch.contiguous(memory_format=memory_format)
     flips = FLIPS if tta else ((),)
 
-    total = torch.zeros((1, len(REGIONS), *batch.shape[2:]), dtype=torch.float32, device=device)
+    total = torch.zeros(
+        (1, len(NESTED_REGIONS), *batch.shape[2:]), dtype=torch.float32, device=device
+    )
     with torch.inference_mode(), _eval_mode(networks), _autocast(device, amp_dtype):
         for network in networks:
             # torch's stubs omit Module.to(memory_format=...), which exists and is documented.
@@ -300,10 +299,10 @@ def predict_regions(
                     sw_batch_size=sw_batch_size,
                     memory_format=memory_format,
                 )
-                if probabilities.shape[1] != len(REGIONS):
+                if probabilities.shape[1] != len(NESTED_REGIONS):
                     raise InferenceError(
                         f"network gives {probabilities.shape[1]} output channels, "
-                        f"the manifest names {len(REGIONS)}"
+                        f"the manifest names {len(NESTED_REGIONS)}"
                     )
                 for index, axes in enumerate(chosen):
                     one = probabilities[index : index + 1]
@@ -312,172 +311,3 @@ def predict_regions(
     mean = _crop(upsample(mean, spacing_factor, fine_shape), padding)[0, order]
     result: np.ndarray = mean.cpu().numpy().astype(np.float32, copy=False)
     return result
-
-
-@dataclass(frozen=True, slots=True)
-class PostprocessRecord:
-    """What ``postprocess`` did, for the job's provenance record."""
-
-    threshold: float
-    et_threshold: float
-    et_min_voxels: int | None
-    min_component_voxels: int | None
-    convention: LabelConvention
-    components_removed: int
-    """Connected whole-tumour components smaller than ``min_component_voxels``, removed."""
-    component_voxels_removed: int
-    et_voxels_found: int
-    """ET voxels after component removal, before the small-ET rule."""
-    et_relabelled_as_ncr: bool
-    voxel_counts: Mapping[str, int] = field(default_factory=dict)
-    """Final voxels per label name (ncr, ed, et)."""
-
-    def as_dict(self) -> dict[str, object]:
-        record = asdict(self)
-        record["convention"] = self.convention.value
-        record["voxel_counts"] = dict(self.voxel_counts)
-        return record
-
-
-def resolve_postprocessing(
-    tuned: PostprocessingSpec | None,
-    *,
-    threshold: float | None = None,
-    et_threshold: float | None = None,
-    et_min_voxels: int | None = None,
-    min_component_voxels: int | None = None,
-) -> PostprocessingSpec:
-    """The post-processing to apply: a value given here (a site's ``[model]`` setting or a
-    command-line option; 0 turns a rule off) wins over the model's tuned value
-    (``manifest.postprocessing``, chosen on its CV folds), which wins over the defaults of
-    ``PostprocessingSpec``. The one place where these three meet."""
-    base = tuned or PostprocessingSpec()
-    overrides: dict[str, float | int] = {}
-    if threshold is not None:
-        overrides["threshold"] = threshold
-    if et_threshold is not None:
-        overrides["et_threshold"] = et_threshold
-    if et_min_voxels is not None:
-        overrides["et_min_voxels"] = et_min_voxels
-    if min_component_voxels is not None:
-        overrides["min_component_voxels"] = min_component_voxels
-    if not overrides:
-        return base
-    return PostprocessingSpec.model_validate(
-        {**base.model_dump(), **overrides, "tuned_on": base.tuned_on + " (overridden)"}
-    )
-
-
-def postprocess_with(
-    regions_probability: np.ndarray,
-    spec: PostprocessingSpec,
-    convention: LabelConvention = LabelConvention.BRATS_2021,
-) -> tuple[np.ndarray, PostprocessRecord]:
-    """``postprocess`` with the values of a spec (``resolve_postprocessing``'s answer); a rule
-    set to 0 in the spec is off."""
-    return postprocess(
-        regions_probability,
-        threshold=spec.threshold,
-        et_threshold=spec.et_threshold,
-        et_min_voxels=spec.et_min_voxels or None,
-        min_component_voxels=spec.min_component_voxels or None,
-        convention=convention,
-    )
-
-
-def _remove_small_components(labels: np.ndarray, min_voxels: int) -> tuple[int, int]:
-    """Zero whole-tumour components below ``min_voxels``; returns (components, voxels) removed.
-
-    26-connectivity: diagonally touching voxels are one lesion, so a ragged tumour margin is not
-    cut into removable pieces.
-    """
-    components, count = ndimage.label(labels > 0, structure=np.ones((3, 3, 3), dtype=bool))
-    if count == 0:
-        return 0, 0
-    sizes = np.bincount(components.ravel())
-    small = sizes < min_voxels
-    small[0] = False
-    remove = small[components]
-    labels[remove] = 0
-    return int(small.sum()), int(remove.sum())
-
-
-def postprocess(
-    regions_probability: np.ndarray,
-    *,
-    threshold: float = 0.5,
-    et_threshold: float | None = None,
-    et_min_voxels: int | None = 500,
-    min_component_voxels: int | None = 50,
-    convention: LabelConvention = LabelConvention.BRATS_2021,
-) -> tuple[np.ndarray, PostprocessRecord]:
-    """Label map from region probabilities, with the two usual BraTS corrections.
-
-    Steps: threshold each region (probability >= ``threshold``); nest them into labels
-    (``regions_to_labels``: ET inside TC inside WT); remove connected components of the whole
-    tumour smaller than ``min_component_voxels`` (isolated false positives); then, if fewer than
-    ``et_min_voxels`` ET voxels remain, relabel them NCR. The last rule exists because BraTS
-    scores an ET predicted in a case without ET as Dice 0 / HD95 373 mm, and low-grade cases
-    often have none; BraTS 2021's top teams used thresholds of 200-750 voxels. Components go
-    first so that stray specks do not count towards the ET volume.
-
-    Args:
-        regions_probability: (3, x, y, z) probabilities in ``REGIONS`` order.
-        threshold: probability at which a voxel belongs to WT and TC (and ET, unless
-            ``et_threshold`` says otherwise).
-        et_threshold: probability at which a TC voxel is enhancing; None: ``threshold``. A
-            separate value is how the ET/necrosis boundary is tuned on the CV folds (a model
-            that paints the core enhancing needs a higher one).
-        et_min_voxels: smallest ET kept as ET; None disables the rule.
-        min_component_voxels: smallest whole-tumour component kept; None disables removal.
-        convention: label values to write (ET = 4 for 2021, 3 for 2023).
-
-    Returns:
-        uint8 label map (x, y, z) and the record of what changed.
-    """
-    if regions_probability.ndim != 4 or regions_probability.shape[0] != len(REGIONS):
-        raise InferenceError(
-            f"region probabilities must be (3, x, y, z), got shape {regions_probability.shape}"
-        )
-    et_threshold = threshold if et_threshold is None else et_threshold
-    for name, cut in (("threshold", threshold), ("et_threshold", et_threshold)):
-        if not 0.0 < cut < 1.0:
-            raise InferenceError(f"{name} must be in (0, 1), got {cut}")
-    for name, floor in (
-        ("et_min_voxels", et_min_voxels),
-        ("min_component_voxels", min_component_voxels),
-    ):
-        if floor is not None and floor < 0:
-            raise InferenceError(f"{name} must be >= 0 or None, got {floor}")
-
-    regions = regions_probability >= threshold
-    regions[2] = regions_probability[2] >= et_threshold
-    labels = regions_to_labels(regions, convention)
-    components_removed = voxels_removed = 0
-    if min_component_voxels:
-        components_removed, voxels_removed = _remove_small_components(labels, min_component_voxels)
-
-    enhancing = labels == convention.enhancing
-    et_voxels = int(enhancing.sum())
-    relabel = et_min_voxels is not None and 0 < et_voxels < et_min_voxels
-    if relabel:
-        labels[enhancing] = NCR
-
-    counts = {
-        "ncr": int((labels == NCR).sum()),
-        "ed": int((labels == ED).sum()),
-        "et": int((labels == convention.enhancing).sum()),
-    }
-    record = PostprocessRecord(
-        threshold=threshold,
-        et_threshold=et_threshold,
-        et_min_voxels=et_min_voxels,
-        min_component_voxels=min_component_voxels,
-        convention=convention,
-        components_removed=components_removed,
-        component_voxels_removed=voxels_removed,
-        et_voxels_found=et_voxels,
-        et_relabelled_as_ncr=relabel,
-        voxel_counts=counts,
-    )
-    return labels, record

@@ -12,11 +12,15 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-ROLES = ("t1", "t1c", "t2", "flair")
+from segnode.files import atomic_write
+from segnode.pipeline.model.errors import InvalidManifestError
+from segnode.vocabulary import CHANNEL_ORDER, NESTED_REGION_KEYS, Role
+
 MANIFEST_FILE = "manifest.json"
 """The manifest's file name inside a model folder."""
+_ROLE_NAMES = tuple(role.value for role in CHANNEL_ORDER)
 
 
 class ArchitectureSpec(BaseModel):
@@ -53,7 +57,7 @@ DEFAULT_PREPROCESSING: dict[str, object] = {
 
 
 class PostprocessingSpec(BaseModel):
-    """Parameters of ``inference.postprocess`` chosen on the validation folds, not on test data."""
+    """Parameters of ``postprocess.postprocess`` chosen on the validation folds, not on test data."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -66,10 +70,6 @@ class PostprocessingSpec(BaseModel):
     """Where the values were chosen (e.g. "5-fold CV validation folds, 22 cases")."""
 
 
-class ManifestMetrics(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-
 class ModelManifest(BaseModel):
     """Everything a site and the node need to know about one set of weights."""
 
@@ -79,10 +79,11 @@ class ModelManifest(BaseModel):
     name: str
     version: str
     architecture: ArchitectureSpec = ArchitectureSpec()
-    input_channels: tuple[str, ...] = ROLES
-    """Which sequence feeds which channel, in order (roles: t1, t1c, t2, flair)."""
-    output_channels: tuple[str, ...] = ("wt", "tc", "et")
-    """Meaning of each output channel, in order (nested regions)."""
+    input_channels: tuple[str, ...] = _ROLE_NAMES
+    """Which sequence feeds which channel, in order (``vocabulary.Role`` values)."""
+    output_channels: tuple[str, ...] = NESTED_REGION_KEYS
+    """Meaning of each output channel, in order (``vocabulary.Region.key`` of the nested
+    regions: wt, tc, et)."""
     output_activation: Literal["sigmoid"] = "sigmoid"
     preprocessing: dict[str, object] = DEFAULT_PREPROCESSING
     """``spacing_mm`` is the grid the network runs on: inference block-averages the 1 mm brain
@@ -91,6 +92,7 @@ class ModelManifest(BaseModel):
     """Post-processing tuned on the model's cross-validation folds; None: the node's
     configured defaults (``[model]`` in node.toml)."""
     weights_file: str = "model.pt"
+    """A plain file name inside the model folder (no path: a model is one folder)."""
     weights_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     weights_dtype: Literal["float32", "float16"] = "float32"
     training_data: str = ""
@@ -101,17 +103,44 @@ class ModelManifest(BaseModel):
     @field_validator("input_channels")
     @classmethod
     def _known_roles(cls, channels: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = set(channels) - set(ROLES)
+        unknown = set(channels) - set(Role)
         if unknown or len(set(channels)) != len(channels):
-            raise ValueError(f"input_channels must be distinct roles of {ROLES}, got {channels}")
+            raise ValueError(
+                f"input_channels must be distinct roles of {_ROLE_NAMES}, got {channels}"
+            )
         return channels
 
     @field_validator("output_channels")
     @classmethod
     def _known_regions(cls, channels: tuple[str, ...]) -> tuple[str, ...]:
-        if sorted(channels) != ["et", "tc", "wt"]:
+        if sorted(channels) != sorted(NESTED_REGION_KEYS):
             raise ValueError(f"output_channels must be a permutation of wt, tc, et, got {channels}")
         return channels
+
+    @field_validator("weights_file")
+    @classmethod
+    def _plain_file_name(cls, name: str) -> str:
+        if Path(name).name != name or name.startswith(".") or not name:
+            raise ValueError(
+                f"weights_file {name!r} points outside the folder (or into a subfolder, or is "
+                "hidden); it must be a plain file name inside the model folder"
+            )
+        return name
+
+    @model_validator(mode="after")
+    def _channels_fit_the_network(self) -> ModelManifest:
+        architecture = self.architecture
+        if architecture.in_channels != len(self.input_channels):
+            raise ValueError(
+                f"the architecture takes {architecture.in_channels} input channels but "
+                f"input_channels lists {len(self.input_channels)}"
+            )
+        if architecture.out_channels != len(self.output_channels):
+            raise ValueError(
+                f"the architecture gives {architecture.out_channels} output channels but "
+                f"output_channels lists {len(self.output_channels)}"
+            )
+        return self
 
     def spacing_factor(self) -> int:
         """How many 1 mm voxels one model voxel spans per axis (1, or 2 for a 2 mm model)."""
@@ -123,7 +152,25 @@ class ModelManifest(BaseModel):
 
     @classmethod
     def read(cls, folder: Path) -> ModelManifest:
-        return cls.model_validate(json.loads((folder / MANIFEST_FILE).read_text()))
+        """The manifest of a model folder, validated: the one reader every loader uses.
+
+        Raises:
+            InvalidManifestError: no such folder, no ``manifest.json``, or one that is not
+                valid JSON or fails validation (the message names the file and the field).
+        """
+        path = folder / MANIFEST_FILE
+        if not folder.is_dir():
+            raise InvalidManifestError(f"model folder {folder} does not exist or is not a folder")
+        if not path.is_file():
+            raise InvalidManifestError(
+                f"model folder {folder} has no {MANIFEST_FILE}; not a segnode model folder"
+            )
+        try:
+            return cls.model_validate(json.loads(path.read_text()))
+        except (OSError, ValidationError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InvalidManifestError(f"{path} is not a valid model manifest: {exc}") from exc
 
     def write(self, folder: Path) -> None:
-        (folder / MANIFEST_FILE).write_text(self.model_dump_json(indent=2) + "\n")
+        """Write ``manifest.json`` into ``folder`` (atomically: never half a manifest)."""
+        text = self.model_dump_json(indent=2) + "\n"
+        atomic_write(folder / MANIFEST_FILE, lambda tmp: tmp.write_text(text))

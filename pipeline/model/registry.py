@@ -11,7 +11,6 @@ Nothing is overwritten: jobs record the model id and sha256 they ran with.
 from __future__ import annotations
 
 import builtins
-import json
 import logging
 import re
 import shutil
@@ -25,7 +24,6 @@ from pydantic import ValidationError
 
 from segnode.pipeline.model.bundle.monai_bundle import bundle_folder, read_monai_bundle
 from segnode.pipeline.model.errors import (
-    CorruptModelError,
     InvalidManifestError,
     ModelExistsError,
     ModelNotFoundError,
@@ -33,14 +31,12 @@ from segnode.pipeline.model.errors import (
 from segnode.pipeline.model.manifest import MANIFEST_FILE, ModelManifest
 from segnode.pipeline.model.weights import (
     network_from_state_dict,
-    read_state_dict,
-    sha256_of_bytes,
-    sha256_of_file,
+    read_verified_weights,
+    verify_weights_file,
 )
 
 log = logging.getLogger(__name__)
 
-MANIFEST = MANIFEST_FILE
 BUNDLE_PROVENANCE = "monai_bundle"
 """Where an imported bundle's configs/ and docs/ (licences, README) are kept."""
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -63,54 +59,31 @@ class LoadedModel:
     path: Path
 
 
-def _read_manifest(folder: Path) -> ModelManifest:
-    try:
-        manifest = ModelManifest.read(folder)
-    except FileNotFoundError as exc:
-        raise InvalidManifestError(f"{folder}: no {MANIFEST}; not a segnode model folder") from exc
-    except (OSError, json.JSONDecodeError, ValidationError) as exc:
-        raise InvalidManifestError(f"{folder / MANIFEST}: invalid manifest: {exc}") from exc
-    if Path(
-        manifest.weights_file
-    ).name != manifest.weights_file or manifest.weights_file.startswith("."):
-        raise InvalidManifestError(
-            f"{folder / MANIFEST}: weights_file {manifest.weights_file!r} must be a plain file "
-            f"name inside the model folder"
-        )
-    architecture = manifest.architecture
-    if (architecture.in_channels, architecture.out_channels) != (
-        len(manifest.input_channels),
-        len(manifest.output_channels),
-    ):
-        raise InvalidManifestError(
-            f"{folder / MANIFEST}: the network has {architecture.in_channels} inputs and "
-            f"{architecture.out_channels} outputs, but the manifest names "
-            f"{len(manifest.input_channels)} input and {len(manifest.output_channels)} output channels"
-        )
-    return manifest
+def load_model(folder: Path, device: torch.device | str = "cpu") -> LoadedModel:
+    """The network of a model folder, verified: the one loader of segnode.
 
+    The node (through :meth:`ModelRegistry.load`), ``segnode predict --model``, ``segnode
+    train --init-weights`` and cross-validation all load here, so a model passes the same
+    checks whichever command runs it: the manifest (``ModelManifest.read``), the weights'
+    sha256 before ``torch.load(weights_only=True)`` reads the same bytes, and a strict fit
+    to the declared architecture. float16 weights are loaded into a float32 network.
 
-def _load_folder(folder: Path, manifest: ModelManifest, device: torch.device | str) -> LoadedModel:
-    """Checksum first, then ``torch.load`` of the same bytes, then fit to the network."""
-    where = f"model {manifest.id}"
-    path = folder / manifest.weights_file
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise CorruptModelError(
-            f"{where}: weights file {path} is missing; re-import the model"
-        ) from exc
-    actual = sha256_of_bytes(data)
-    if actual != manifest.weights_sha256:
-        raise CorruptModelError(
-            f"{where}: weights file {path} has sha256 {actual}, but the manifest expects "
-            f"{manifest.weights_sha256}; the file is damaged or was replaced. Re-import the "
-            f"model from its original source"
-        )
-    state = read_state_dict(data, where=where)
-    network = network_from_state_dict(manifest.architecture, state, where=where)
+    Args:
+        folder: holds ``manifest.json`` and the weights file it names.
+        device: where to put the network (``device.select_device`` chooses it).
+
+    Raises:
+        InvalidManifestError: no folder, or no or an invalid ``manifest.json``.
+        CorruptModelError: weights missing, or their sha256 differs from the manifest's.
+        WeightsMismatchError: the weights do not fit the manifest's architecture.
+    """
+    manifest = ModelManifest.read(folder)
+    weights = read_verified_weights(folder, manifest)
+    network = network_from_state_dict(
+        manifest.architecture, weights.state, where=f"model {manifest.id}"
+    )
     network.to(device).eval()
-    return LoadedModel(manifest=manifest, network=network, sha256=actual, path=path)
+    return LoadedModel(manifest=manifest, network=network, sha256=weights.sha256, path=weights.path)
 
 
 class ModelRegistry:
@@ -139,7 +112,7 @@ class ModelRegistry:
                     for child in root.iterdir()
                     if child.is_dir()
                     and not child.name.startswith(".")
-                    and (child / MANIFEST).is_file()
+                    and (child / MANIFEST_FILE).is_file()
                 )
         return sorted(found)
 
@@ -159,8 +132,8 @@ class ModelRegistry:
             ModelNotFoundError: unknown id; the message lists the registered ones.
         """
         candidates = [root / model_id for root in (self._root, *self._builtin)]
-        folder = next((c for c in candidates if (c / MANIFEST).is_file()), candidates[0])
-        if not _ID.match(model_id) or not (folder / MANIFEST).is_file():
+        folder = next((c for c in candidates if (c / MANIFEST_FILE).is_file()), candidates[0])
+        if not _ID.match(model_id) or not (folder / MANIFEST_FILE).is_file():
             available = ", ".join(self.ids()) or "none"
             raise ModelNotFoundError(
                 f"no model {model_id!r} in registry {self._root} (available: {available}); "
@@ -176,10 +149,10 @@ class ModelRegistry:
             InvalidManifestError: the manifest is broken or names another id.
         """
         folder = self.folder(model_id)
-        manifest = _read_manifest(folder)
+        manifest = ModelManifest.read(folder)
         if manifest.id != model_id:
             raise InvalidManifestError(
-                f"{folder / MANIFEST}: manifest id {manifest.id!r} differs from the folder "
+                f"{folder / MANIFEST_FILE}: manifest id {manifest.id!r} differs from the folder "
                 f"name {model_id!r}; rename one of them"
             )
         return manifest
@@ -190,31 +163,32 @@ class ModelRegistry:
         Raises:
             CorruptModelError: missing file or different checksum (both named).
         """
-        manifest = self.get(model_id)
-        path = self.folder(model_id) / manifest.weights_file
-        if not path.is_file():
-            raise CorruptModelError(f"model {model_id}: weights file {path} is missing")
-        actual = sha256_of_file(path)
-        if actual != manifest.weights_sha256:
-            raise CorruptModelError(
-                f"model {model_id}: weights file {path} has sha256 {actual}, but the manifest "
-                f"expects {manifest.weights_sha256}; re-import the model"
-            )
-        return actual
+        return verify_weights_file(self.folder(model_id), self.get(model_id))
+
+    def resolve(self, model: str) -> Path:
+        """The folder of ``model``: a model folder's path as given, else a registered id.
+
+        Why both: ``segnode predict --model`` and ``train --init-weights`` take either a
+        folder (a model just trained) or an id (what the node runs); either way the folder
+        then goes through :func:`load_model`.
+
+        Raises:
+            ModelNotFoundError: neither a folder nor a registered id.
+        """
+        path = Path(model)
+        return path if path.is_dir() else self.folder(model)
 
     def load(self, model_id: str, device: torch.device | str = "cpu") -> LoadedModel:
-        """The verified network of a model, in eval mode on ``device``.
-
-        The weights' sha256 is checked before ``torch.load(weights_only=True)`` reads
-        them; float16 weights are loaded into a float32 network.
+        """The verified network of a registered model, in eval mode on ``device``.
 
         Raises:
             ModelNotFoundError: unknown id.
+            InvalidManifestError: the manifest is broken or names another id.
             CorruptModelError: checksum differs from the manifest (both are named).
             WeightsMismatchError: the weights do not fit the declared architecture.
         """
-        manifest = self.get(model_id)
-        loaded = _load_folder(self.folder(model_id), manifest, device)
+        self.get(model_id)  # the id must be the manifest's own
+        loaded = load_model(self.folder(model_id), device)
         log.info("model loaded", extra={"model_id": model_id, "sha256": loaded.sha256})
         return loaded
 
@@ -230,7 +204,7 @@ class ModelRegistry:
             ModelExistsError: the id is taken.
             CorruptModelError, WeightsMismatchError: the weights fail verification.
         """
-        manifest = _read_manifest(Path(path))
+        manifest = ModelManifest.read(Path(path))
         if model_id is not None:
             try:
                 manifest = ModelManifest.model_validate({**manifest.model_dump(), "id": model_id})
@@ -303,7 +277,7 @@ class ModelRegistry:
 
     def _install(self, staging: Path, manifest: ModelManifest) -> None:
         """Verify the staged copy, then rename it into place (same filesystem: atomic)."""
-        _load_folder(staging, _read_manifest(staging), "cpu")
+        load_model(staging)
         target = self._root / manifest.id
         try:
             staging.rename(target)

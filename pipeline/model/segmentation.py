@@ -3,27 +3,34 @@
 Runs inside a pipeline worker process (``node/jobs/worker_pool.py``), never in the DICOM
 listener's process. Models are loaded once per process and verified against their sha256
 at load, so a worker that segments many studies pays the load once.
+
+``region_probabilities`` and ``labels_from`` are the core that ``segnode predict``
+(``segnode.pipeline.training.prediction``) shares: the same channel order per model, the
+same window choice and autocast type (``device``), the same post-processing resolution from
+``[model]`` (``ModelSettings``) over the model's tuned values.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from segnode.pipeline.errors import InferenceError
-from segnode.pipeline.model.inference import (
-    choose_roi,
+from segnode.config.settings import ModelSettings
+from segnode.pipeline.model.device import autocast_dtype, select_device
+from segnode.pipeline.model.inference import choose_roi, predict_regions
+from segnode.pipeline.model.postprocess import (
+    PostprocessRecord,
     postprocess_with,
-    predict_regions,
     resolve_postprocessing,
 )
-from segnode.pipeline.model.labels import LabelConvention
 from segnode.pipeline.model.registry import LoadedModel, node_registry
 from segnode.pipeline.model.resolution import coarse_shape
+from segnode.vocabulary import LabelConvention
 
 
 @dataclass(frozen=True)
@@ -32,16 +39,15 @@ class SegmentationRequest:
 
     image: np.ndarray
     roles: tuple[str, ...]
-    model_ids: tuple[str, ...]
     data_dir: Path
-    tta: bool = True
-    device: str = "auto"
-    threshold: float | None = None
-    et_threshold: float | None = None
-    et_min_voxels: int | None = None
-    """None: the default model's tuned value (``inference.resolve_postprocessing``); 0: off."""
-    min_component_voxels: int | None = None
+    model: ModelSettings
+    """``[model]``: which models (default, ensemble), device, TTA and the post-processing
+    overrides; None values there mean the default model's tuned values."""
     convention: LabelConvention = LabelConvention.BRATS_2021
+
+    @property
+    def model_ids(self) -> tuple[str, ...]:
+        return (self.model.default, *self.model.ensemble)
 
 
 @dataclass(frozen=True)
@@ -57,14 +63,6 @@ class SegmentationResult:
 _models: dict[tuple[str, str], LoadedModel] = {}
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InferenceError("model.device is 'cuda' but no CUDA device is available")
-    return torch.device(name)
-
-
 def _model(data_dir: Path, model_id: str, device: torch.device) -> LoadedModel:
     key = (model_id, str(device))
     if key not in _models:
@@ -72,40 +70,78 @@ def _model(data_dir: Path, model_id: str, device: torch.device) -> LoadedModel:
     return _models[key]
 
 
-def segment(request: SegmentationRequest) -> SegmentationResult:
-    """Each model gets the channels in its own manifest's order; outputs are averaged."""
-    device = _device(request.device)
-    loaded = [_model(request.data_dir, model_id, device) for model_id in request.model_ids]
+def region_probabilities(
+    models: Sequence[LoadedModel],
+    image: np.ndarray,
+    roles: Sequence[str],
+    *,
+    tta: bool,
+    device: torch.device,
+    roi_size: tuple[int, int, int] | None = None,
+) -> tuple[np.ndarray, tuple[int, int, int] | None]:
+    """Mean WT/TC/ET probabilities of ``models`` on ``image``, and the window used.
+
+    Each model gets the channels in its own manifest's order and runs on its own grid
+    (``spacing_factor``); autocast follows the device policy. ``roi_size`` None lets
+    ``choose_roi`` decide per model (full volume when it fits).
+    """
     probabilities = []
-    for model in loaded:
-        order = [request.roles.index(role) for role in model.manifest.input_channels]
+    window = roi_size
+    for model in models:
+        order = [list(roles).index(role) for role in model.manifest.input_channels]
         factor = model.manifest.spacing_factor()
+        if roi_size is None:
+            window = choose_roi(coarse_shape(image.shape[1:], factor))
         probabilities.append(
             predict_regions(
                 [model.network],
-                np.ascontiguousarray(request.image[order]),
+                np.ascontiguousarray(image[order]),
                 output_channels=model.manifest.output_channels,
-                tta=request.tta,
-                roi_size=choose_roi(coarse_shape(request.image.shape[1:], factor)),
+                tta=tta,
+                roi_size=window,
                 device=device,
-                amp_dtype=torch.bfloat16 if device.type == "cuda" else None,
+                amp_dtype=autocast_dtype(device),
                 spacing_factor=factor,
             )
         )
-    mean = np.mean(probabilities, axis=0)
+    mean: np.ndarray = np.mean(probabilities, axis=0)
+    return mean, window
+
+
+def labels_from(
+    probabilities: np.ndarray,
+    model: LoadedModel,
+    settings: ModelSettings,
+    convention: LabelConvention,
+) -> tuple[np.ndarray, PostprocessRecord]:
+    """The label map: ``[model]``'s post-processing values over ``model``'s tuned ones."""
     chosen = resolve_postprocessing(
-        loaded[0].manifest.postprocessing,
-        threshold=request.threshold,
-        et_threshold=request.et_threshold,
-        et_min_voxels=request.et_min_voxels,
-        min_component_voxels=request.min_component_voxels,
+        model.manifest.postprocessing,
+        threshold=settings.threshold,
+        et_threshold=settings.et_threshold,
+        et_min_voxels=settings.et_min_voxels,
+        min_component_voxels=settings.min_component_voxels,
     )
-    labels, record = postprocess_with(mean, chosen, request.convention)
+    return postprocess_with(probabilities, chosen, convention)
+
+
+def segment(request: SegmentationRequest) -> SegmentationResult:
+    """Each model gets the channels in its own manifest's order; outputs are averaged."""
+    device = select_device(request.model.device)
+    loaded = [_model(request.data_dir, model_id, device) for model_id in request.model_ids]
+    mean, _ = region_probabilities(
+        loaded, request.image, request.roles, tta=request.model.tta, device=device
+    )
+    labels, record = labels_from(mean, loaded[0], request.model, request.convention)
     return SegmentationResult(
         labels=labels,
         models=tuple(
             {"id": m.manifest.id, "version": m.manifest.version, "sha256": m.sha256} for m in loaded
         ),
-        record={"postprocessing": record.as_dict(), "device": str(device), "tta": request.tta},
+        record={
+            "postprocessing": record.as_dict(),
+            "device": str(device),
+            "tta": request.model.tta,
+        },
         worker_pid=os.getpid(),
     )

@@ -4,6 +4,10 @@ Why the bytes are read once: the checksum is computed over exactly the bytes tha
 ``torch.load`` then parses, so a file replaced between the check and the load cannot
 slip through. ``weights_only=True`` keeps a hostile pickle from running code; the
 checksum keeps a damaged or swapped file from producing quiet nonsense.
+
+:func:`read_verified_weights` is the checksum gate every loader goes through (the node's
+registry, ``segnode predict``, ``train --init-weights``, ensemble packing);
+:func:`sha256_hex` is the one checksum (the manifest's ``weights_sha256``).
 """
 
 from __future__ import annotations
@@ -13,13 +17,18 @@ import io
 import pickle
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 
-from segnode.pipeline.model.errors import InvalidManifestError, WeightsMismatchError
-from segnode.pipeline.model.manifest import ArchitectureSpec
+from segnode.pipeline.model.errors import (
+    CorruptModelError,
+    InvalidManifestError,
+    WeightsMismatchError,
+)
+from segnode.pipeline.model.manifest import ArchitectureSpec, ModelManifest
 from segnode.pipeline.model.network import build_network
 
 StateDict = dict[str, torch.Tensor]
@@ -33,14 +42,71 @@ _SHOWN = 3
 """How many offending parameter names a mismatch message quotes per kind."""
 
 
-def sha256_of_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def sha256_hex(source: bytes | Path) -> str:
+    """Hex sha256 of bytes, or of a file read in chunks (weights may be hundreds of MB)."""
+    if isinstance(source, Path):
+        with source.open("rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+    return hashlib.sha256(source).hexdigest()
 
 
-def sha256_of_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks (weights may be hundreds of MB)."""
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+@dataclass(frozen=True, slots=True)
+class VerifiedWeights:
+    """A model folder's state_dict, read from bytes whose sha256 matched the manifest's."""
+
+    state: StateDict
+    sha256: str
+    path: Path
+    """The weights file."""
+
+
+def _weights_file(folder: Path, manifest: ModelManifest) -> Path:
+    path = folder / manifest.weights_file
+    if not path.is_file():
+        raise CorruptModelError(
+            f"model {manifest.id}: weights file {path} is missing; re-import the model"
+        )
+    return path
+
+
+def _check_sha256(manifest: ModelManifest, path: Path, actual: str) -> None:
+    if actual != manifest.weights_sha256:
+        raise CorruptModelError(
+            f"model {manifest.id}: checksum mismatch for {path}: the manifest says sha256 "
+            f"{manifest.weights_sha256}, the file has {actual}; the file is damaged or is not "
+            f"the weights this manifest describes: re-import the model from its original source"
+        )
+
+
+def verify_weights_file(folder: Path, manifest: ModelManifest) -> str:
+    """The weights file's sha256, after it matched the manifest's (nothing is deserialised).
+
+    Raises:
+        CorruptModelError: the file is missing or its checksum differs (both are named).
+    """
+    path = _weights_file(folder, manifest)
+    actual = sha256_hex(path)
+    _check_sha256(manifest, path, actual)
+    return actual
+
+
+def read_verified_weights(folder: Path, manifest: ModelManifest) -> VerifiedWeights:
+    """The state_dict of a model folder's weights, checksum first, from the same bytes.
+
+    Args:
+        folder: the model folder (``manifest.weights_file`` is a plain name inside it).
+        manifest: its manifest (``ModelManifest.read``).
+
+    Raises:
+        CorruptModelError: the file is missing or its checksum differs (both are named).
+        WeightsMismatchError: the file is not a PyTorch state_dict of tensors.
+    """
+    path = _weights_file(folder, manifest)
+    data = path.read_bytes()
+    actual = sha256_hex(data)
+    _check_sha256(manifest, path, actual)
+    state = read_state_dict(data, where=f"model {manifest.id}")
+    return VerifiedWeights(state=state, sha256=actual, path=path)
 
 
 def _is_tensor_mapping(value: object) -> bool:

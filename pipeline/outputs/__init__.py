@@ -1,14 +1,12 @@
 """The DICOM result objects: SEG, TID 1500 SR, secondary capture and encapsulated PDF.
 
-``write_results`` is the entry point the job runner calls; the builders and
+``write_results`` is the entry point the write step (``pipeline/steps/write.py``) calls; the builders and
 specs are exported for tests and for callers that want one object only.
 """
 
-from segnode.pipeline.outputs.enums import ALL_REGIONS, BASE_REGIONS, EnhancingTumourLabel, Region
 from segnode.pipeline.outputs.errors import OutputError, OutputSpecError
 from segnode.pipeline.outputs.provenance import AlgorithmProvenance, SeriesSpec
 from segnode.pipeline.outputs.regions import (
-    LabelConvention,
     RegionStatistics,
     RegionVolume,
     volumes_ml,
@@ -17,15 +15,10 @@ from segnode.pipeline.outputs.seg import TUMOUR_SEGMENTS, SegmentSpec
 from segnode.pipeline.outputs.writer import ResultsRecord, WrittenObject, write_results
 
 __all__ = [
-    "ALL_REGIONS",
-    "BASE_REGIONS",
     "TUMOUR_SEGMENTS",
     "AlgorithmProvenance",
-    "EnhancingTumourLabel",
-    "LabelConvention",
     "OutputError",
     "OutputSpecError",
-    "Region",
     "RegionStatistics",
     "RegionVolume",
     "ResultsRecord",

@@ -26,7 +26,7 @@ from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from segnode.pipeline.outputs.enums import Region
+from segnode.vocabulary import Region
 
 PRIVATE_SCHEME = "99SEGNODE"
 

@@ -26,13 +26,13 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.uid import EncapsulatedPDFStorage, ExplicitVRLittleEndian
 
-from segnode.pipeline.outputs.enums import ALL_REGIONS, BASE_REGIONS, Region
 from segnode.pipeline.outputs.errors import OutputError
 from segnode.pipeline.outputs.provenance import AlgorithmProvenance, SeriesSpec
-from segnode.pipeline.outputs.regions import REGION_COLOURS_RGB, LabelConvention, RegionStatistics
+from segnode.pipeline.outputs.regions import REGION_COLOURS_RGB, RegionStatistics
 from segnode.pipeline.outputs.secondary_capture import display_window, render_overlay
 from segnode.pipeline.outputs.source import SourceSeries, plane_geometry
 from segnode.pipeline.outputs.sr import REGION_NAMES
+from segnode.vocabulary import ALL_REGIONS, BASE_REGIONS, LabelConvention, Region
 
 #: A4 at 150 dpi.
 PAGE_PX = (1240, 1754)
@@ -191,7 +191,7 @@ def render_page(
 
     write("Algorithm and model", size=30, gap=12)
     convention_name = (
-        "BraTS 2017-2021 (ET = 4)" if int(convention.et_label) == 4 else "BraTS 2023+ (ET = 3)"
+        "BraTS 2017-2021 (ET = 4)" if convention.et_label == 4 else "BraTS 2023+ (ET = 3)"
     )
     for line in (
         f"{provenance.algorithm_name} {provenance.algorithm_version}",

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from pydicom.uid import generate_uid
 
 from segnode import __version__
-from segnode.config.settings import OutputKind, OutputSettings
+from segnode.config.settings import ResultSeriesSettings
 from segnode.pipeline.outputs.errors import OutputSpecError
+from segnode.pipeline.workspace import InferenceRecord
+from segnode.vocabulary import OutputKind
 
 #: Longest value of a DICOM LO (Long String) element.
 LO_MAX_CHARS = 64
@@ -30,10 +31,10 @@ IS_MAX = 2**31 - 1
 #: What every result series description ends with (the issue's wording).
 NOT_FOR_CLINICAL_USE_SUFFIX = " - not for clinical use"
 #: Shown in the viewer's series list, so a radiologist tells the four result series apart.
-KIND_LABELS = {"seg": "SEG", "sr": "SR", "sc": "SC", "pdf": "PDF"}
+KIND_LABELS: dict[OutputKind, str] = {"seg": "SEG", "sr": "SR", "sc": "SC", "pdf": "PDF"}
 
 
-def series_description(settings: OutputSettings, kind: OutputKind) -> str:
+def series_description(settings: ResultSeriesSettings, kind: OutputKind) -> str:
     """E.g. "segnode tumour SEG - not for clinical use" (at most 63 characters: LO is 64)."""
     return f"{settings.series_description} {KIND_LABELS[kind]}{NOT_FOR_CLINICAL_USE_SUFFIX}"
 
@@ -166,8 +167,8 @@ class SeriesSpec:
             )
 
     @classmethod
-    def for_kind(cls, settings: OutputSettings, kind: OutputKind) -> SeriesSpec:
-        """The configured series number and description of one kind of result."""
+    def for_kind(cls, settings: ResultSeriesSettings, kind: OutputKind) -> SeriesSpec:
+        """The configured series number and description of one output (``[result_series]``)."""
         numbers: dict[OutputKind, int] = {
             "seg": settings.seg_series_number,
             "sr": settings.sr_series_number,
@@ -185,14 +186,12 @@ class SeriesSpec:
 ALGORITHM_NAME = "segnode"
 
 
-def provenance_from(inference_record: dict[str, Any]) -> AlgorithmProvenance:
+def provenance_from(inference: InferenceRecord) -> AlgorithmProvenance:
     """The algorithm and model(s) that made the labels, from the infer step's record."""
-    models = inference_record["models"]
-    primary = models[0]
     return AlgorithmProvenance(
         algorithm_name=ALGORITHM_NAME,
         algorithm_version=__version__,
-        model_id="+".join(m["id"] for m in models),
-        model_version=primary["version"],
-        model_sha256=primary["sha256"],
+        model_id=inference.ensemble_id,
+        model_version=inference.primary_model.version,
+        model_sha256=inference.primary_model.sha256,
     )

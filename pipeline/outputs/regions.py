@@ -16,13 +16,8 @@ import numpy as np
 import SimpleITK as sitk
 from numpy.typing import NDArray
 
-from segnode.pipeline.outputs.enums import (
-    ALL_REGIONS,
-    REGION_PARTS,
-    EnhancingTumourLabel,
-    Region,
-)
 from segnode.pipeline.outputs.errors import OutputError, OutputSpecError
+from segnode.vocabulary import ALL_REGIONS, REGION_PARTS, LabelConvention, Region
 
 MM3_PER_ML = 1000.0
 
@@ -36,41 +31,16 @@ REGION_COLOURS_RGB: MappingProxyType[Region, tuple[int, int, int]] = MappingProx
 )
 
 
-@dataclass(frozen=True, slots=True)
-class LabelConvention:
-    """Which label value means which region (BraTS 2017-2021 or 2023+).
+def convention_of(et_label: int) -> LabelConvention:
+    """The label convention whose ET label is ``et_label`` (4: BraTS 2017-2021, 3: 2023+).
 
-    NCR is 1 and ED is 2 in both conventions; only ET differs (4 or 3).
+    Raises:
+        OutputSpecError: for any other value (a wrong convention would swap regions).
     """
-
-    et_label: EnhancingTumourLabel
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.et_label, EnhancingTumourLabel):
-            raise OutputSpecError(
-                f"label convention: ET label {self.et_label!r} is not an EnhancingTumourLabel; "
-                "use LabelConvention.of(value)"
-            )
-
-    @classmethod
-    def of(cls, et_label: int) -> LabelConvention:
-        """The convention whose ET label is ``et_label`` (4 or 3).
-
-        Raises:
-            OutputSpecError: for any other value.
-        """
-        try:
-            return cls(EnhancingTumourLabel(et_label))
-        except ValueError as exc:
-            raise OutputSpecError(
-                f"label convention: ET label {et_label!r} is neither 4 (BraTS 2017-2021) "
-                "nor 3 (BraTS 2023+)"
-            ) from exc
-
-    @property
-    def labels(self) -> dict[Region, int]:
-        """Label value of each labelled region."""
-        return {Region.NCR: 1, Region.ED: 2, Region.ET: int(self.et_label)}
+    try:
+        return LabelConvention.with_et_label(et_label)
+    except ValueError as exc:
+        raise OutputSpecError(f"label convention: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +102,7 @@ def label_array(labels: sitk.Image, convention: LabelConvention) -> NDArray[np.u
     if unknown:
         raise OutputError(
             f"label map holds values {unknown} that the BraTS convention with ET = "
-            f"{int(convention.et_label)} does not define; check convention_et_label"
+            f"{convention.et_label} does not define; check convention_et_label"
         )
     return array.astype(np.uint8, copy=False)
 
@@ -172,6 +142,6 @@ def volumes_ml(labels: sitk.Image, convention_et_label: int) -> RegionStatistics
         labels: integer label map; its spacing (mm) gives the voxel volume.
         convention_et_label: 4 (BraTS 2017-2021) or 3 (BraTS 2023+).
     """
-    convention = LabelConvention.of(convention_et_label)
+    convention = convention_of(convention_et_label)
     masks = region_masks(label_array(labels, convention), convention)
     return region_statistics(masks, voxel_volume_mm3(labels))

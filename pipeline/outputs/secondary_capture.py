@@ -23,11 +23,11 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 from scipy import ndimage
 
-from segnode.pipeline.outputs.enums import BASE_REGIONS, Region
 from segnode.pipeline.outputs.errors import OutputError
 from segnode.pipeline.outputs.provenance import AlgorithmProvenance, SeriesSpec
 from segnode.pipeline.outputs.regions import REGION_COLOURS_RGB
 from segnode.pipeline.outputs.source import SourceSeries, plane_geometry
+from segnode.vocabulary import BASE_REGIONS, Region
 
 #: Opacity of the region fill; the region's border is drawn opaque.
 FILL_ALPHA = 0.35

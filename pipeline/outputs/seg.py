@@ -23,12 +23,13 @@ from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
-from segnode.pipeline.outputs import codes
-from segnode.pipeline.outputs.enums import BASE_REGIONS, Region, SegmentAlgorithmType
+import segnode.pipeline.outputs.codes as codes
+from segnode.pipeline.outputs.enums import SegmentAlgorithmType
 from segnode.pipeline.outputs.errors import OutputError, OutputSpecError
 from segnode.pipeline.outputs.provenance import LO_MAX_CHARS, AlgorithmProvenance, SeriesSpec
 from segnode.pipeline.outputs.regions import REGION_COLOURS_RGB
 from segnode.pipeline.outputs.source import SourceSeries
+from segnode.vocabulary import BASE_REGIONS, Region
 
 #: Content Label (0070,0080) of the SEG: a CS value, upper case, at most 16 characters.
 CONTENT_LABEL = "TUMOUR"

@@ -6,7 +6,7 @@ Why this shape:
   (SCT "Volume", UCUM "ml"), the region's code as finding type, the algorithm
   (TID 4019) and the region itself; a device observer names the algorithm and
   model, since no person observed anything.
-- The region is given in one of two forms (``OutputSettings.sr_region_reference``):
+- The region is given in one of two forms (``ResultSeriesSettings.sr_region_reference``):
   ``outlines`` (default), closed POLYLINE SCOORDs on every T1c image the region
   touches, which OHIF 3.13 displays; or ``segment``, a reference to the SEG
   segment with the source series, which OHIF 3.13's SR viewport crashes on.
@@ -31,15 +31,15 @@ from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as dcm_codes
 
+import segnode.pipeline.outputs.codes as codes
 from segnode.config.settings import SrRegionReference
-from segnode.pipeline.outputs import codes
-from segnode.pipeline.outputs.enums import ALL_REGIONS, BASE_REGIONS, Region
 from segnode.pipeline.outputs.errors import OutputError
 from segnode.pipeline.outputs.outlines import mask_outlines
 from segnode.pipeline.outputs.provenance import AlgorithmProvenance, SeriesSpec
 from segnode.pipeline.outputs.regions import RegionStatistics
 from segnode.pipeline.outputs.seg import segment_number
 from segnode.pipeline.outputs.source import SourceSeries
+from segnode.vocabulary import ALL_REGIONS, BASE_REGIONS, Region
 
 #: Tracking Identifier text of each group (what a viewer lists).
 REGION_NAMES: dict[Region, str] = {

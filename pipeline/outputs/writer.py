@@ -8,29 +8,34 @@ a failure leaves either all requested objects or none of them in ``out_dir``
 The SR's segment form refers to the SEG; when it is requested without "seg",
 the SEG is written as well, since an SR must not cite an object that does not
 exist.
+
+Each output has one builder in :data:`BUILDERS`, so a new output kind is one entry
+there (plus its series number and label in ``provenance``), not a new branch.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import overload
 
 import highdicom as hd
+import numpy as np
 import SimpleITK as sitk
+from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 
-from segnode.config.settings import OUTPUT_KINDS, OutputKind, OutputSettings, SrRegionReference
+from segnode.config.settings import ResultSeriesSettings, SrRegionReference
+from segnode.files import atomic_write, fsync_dir
 from segnode.pipeline.conversion import SliceRef
 from segnode.pipeline.outputs.errors import OutputError, OutputSpecError
 from segnode.pipeline.outputs.pdf_report import build_pdf_report
 from segnode.pipeline.outputs.provenance import AlgorithmProvenance, SeriesSpec
 from segnode.pipeline.outputs.regions import (
-    LabelConvention,
     RegionStatistics,
+    convention_of,
     label_array,
     region_masks,
     region_statistics,
@@ -38,12 +43,11 @@ from segnode.pipeline.outputs.regions import (
 )
 from segnode.pipeline.outputs.secondary_capture import build_secondary_captures
 from segnode.pipeline.outputs.seg import build_segmentation
-from segnode.pipeline.outputs.source import check_label_geometry, load_source_series
+from segnode.pipeline.outputs.source import SourceSeries, check_label_geometry, load_source_series
 from segnode.pipeline.outputs.sr import build_measurement_report
+from segnode.vocabulary import OUTPUT_KINDS, LabelConvention, OutputKind, Region
 
 log = logging.getLogger(__name__)
-
-KINDS = OUTPUT_KINDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,29 +124,94 @@ def _drop_invalid_copied_attributes(dataset: Dataset) -> None:
 
 
 def _write_atomic(dataset: Dataset, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        dataset.save_as(temporary, enforce_file_format=True)
-        with temporary.open("rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    """One object, flushed before its rename (the folder is flushed once, after all)."""
+    atomic_write(path, lambda tmp: dataset.save_as(tmp, enforce_file_format=True), fsync=True)
 
 
-def _fsync_folder(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+@dataclass(frozen=True, slots=True)
+class LabelledSeries:
+    """What every builder draws on: the source series, its region masks and volumes, who made them."""
+
+    source: SourceSeries
+    masks: Mapping[Region, NDArray[np.bool_]]
+    statistics: RegionStatistics
+    provenance: AlgorithmProvenance
+    convention: LabelConvention
+    form: SrRegionReference
 
 
-def _checked_kinds(kinds: Collection[str], form: SrRegionReference) -> list[OutputKind]:
-    unknown = sorted(set(kinds) - set(KINDS))
+#: The objects built so far, per output (in :data:`OUTPUT_KINDS` order).
+Built = Mapping[OutputKind, Sequence[Dataset]]
+#: Builds one output's objects in a new series (the SeriesSpec and Series Instance UID given),
+#: seeing what was built for the outputs before it.
+Builder = Callable[[LabelledSeries, SeriesSpec, str, Built], list[Dataset]]
+
+
+def _seg(case: LabelledSeries, series: SeriesSpec, series_uid: str, _: Built) -> list[Dataset]:
+    return [
+        build_segmentation(
+            case.source,
+            case.masks,
+            series,
+            case.provenance,
+            series_instance_uid=series_uid,
+            sop_instance_uid=hd.UID(),
+        )
+    ]
+
+
+def _sr(case: LabelledSeries, series: SeriesSpec, series_uid: str, earlier: Built) -> list[Dataset]:
+    # The segment form cites the SEG; _checked_outputs made sure one is built first.
+    segmentation = earlier["seg"][0] if case.form is SrRegionReference.SEGMENT else None
+    return [
+        build_measurement_report(
+            case.source,
+            case.masks,
+            case.statistics,
+            series,
+            case.provenance,
+            case.form,
+            series_instance_uid=series_uid,
+            sop_instance_uid=hd.UID(),
+            segmentation=segmentation,
+        )
+    ]
+
+
+def _sc(case: LabelledSeries, series: SeriesSpec, series_uid: str, _: Built) -> list[Dataset]:
+    return list(
+        build_secondary_captures(
+            case.source, case.masks, series, case.provenance, series_instance_uid=series_uid
+        )
+    )
+
+
+def _pdf(case: LabelledSeries, series: SeriesSpec, series_uid: str, _: Built) -> list[Dataset]:
+    return [
+        build_pdf_report(
+            case.source,
+            case.masks,
+            case.statistics,
+            series,
+            case.provenance,
+            case.convention,
+            series_instance_uid=series_uid,
+            sop_instance_uid=hd.UID(),
+        )
+    ]
+
+
+#: The one table of outputs: kind -> its builder (tests check it covers every OutputKind).
+BUILDERS: dict[OutputKind, Builder] = {"seg": _seg, "sr": _sr, "sc": _sc, "pdf": _pdf}
+
+
+def _checked_outputs(outputs: Collection[str], form: SrRegionReference) -> list[OutputKind]:
+    unknown = sorted(set(outputs) - set(OUTPUT_KINDS))
     if unknown:
-        raise OutputSpecError(f"unknown result kinds {unknown}; known: {list(KINDS)}")
-    wanted = [kind for kind in KINDS if kind in kinds]
+        raise OutputSpecError(
+            f"unknown result kinds {unknown} in outputs; known: {list(OUTPUT_KINDS)}"
+        )
+    wanted = [kind for kind in OUTPUT_KINDS if kind in outputs]
     if "sr" in wanted and form is SrRegionReference.SEGMENT and "seg" not in wanted:
         wanted.insert(0, "seg")
     return wanted
@@ -154,8 +223,8 @@ def write_results(
     labels: sitk.Image,
     convention_et_label: int,
     provenance: AlgorithmProvenance,
-    settings: OutputSettings,
-    kinds: Collection[OutputKind],
+    settings: ResultSeriesSettings,
+    outputs: Collection[OutputKind],
     out_dir: Path,
 ) -> ResultsRecord:
     """Write the requested result objects of one label map into ``out_dir``.
@@ -169,20 +238,20 @@ def write_results(
         convention_et_label: 4 (BraTS 2017-2021) or 3 (BraTS 2023+).
         provenance: the algorithm and model, written into every object.
         settings: series numbers, description, manufacturer, SR region form.
-        kinds: which of "seg", "sr", "sc", "pdf" to write.
+        outputs: which of "seg", "sr", "sc", "pdf" to write.
         out_dir: an existing folder; files are named ``<kind>-<SOPInstanceUID>.dcm``.
 
     Returns:
         The written objects (also iterable as a list) and the region volumes.
 
     Raises:
-        OutputSpecError: for unknown kinds or an invalid label convention.
+        OutputSpecError: for unknown outputs or an invalid label convention.
         OutputError: for a label map that is not on the source grid, label
             values the convention does not define, or a file that cannot be written.
     """
-    convention = LabelConvention.of(convention_et_label)
+    convention = convention_of(convention_et_label)
     form = SrRegionReference(settings.sr_region_reference)
-    wanted = _checked_kinds(kinds, form)
+    wanted = _checked_outputs(outputs, form)
     if not out_dir.is_dir():
         raise OutputError(f"output folder {out_dir} does not exist")
     source = load_source_series(source_files, slices)
@@ -190,55 +259,14 @@ def write_results(
     masks = region_masks(label_array(labels, convention), convention)
     statistics = region_statistics(masks, voxel_volume_mm3(labels))
 
-    built: list[tuple[OutputKind, Dataset]] = []
-    segmentation: hd.seg.Segmentation | None = None
+    case = LabelledSeries(source, masks, statistics, provenance, convention, form)
+    built: dict[OutputKind, list[Dataset]] = {}
     for kind in wanted:
-        series = SeriesSpec.for_kind(settings, kind)
-        series_uid = hd.UID()
-        if kind == "seg":
-            segmentation = build_segmentation(
-                source,
-                masks,
-                series,
-                provenance,
-                series_instance_uid=series_uid,
-                sop_instance_uid=hd.UID(),
-            )
-            built.append((kind, segmentation))
-        elif kind == "sr":
-            report = build_measurement_report(
-                source,
-                masks,
-                statistics,
-                series,
-                provenance,
-                form,
-                series_instance_uid=series_uid,
-                sop_instance_uid=hd.UID(),
-                segmentation=segmentation if form is SrRegionReference.SEGMENT else None,
-            )
-            built.append((kind, report))
-        elif kind == "sc":
-            images = build_secondary_captures(
-                source, masks, series, provenance, series_instance_uid=series_uid
-            )
-            built.extend((kind, image) for image in images)
-        else:
-            document = build_pdf_report(
-                source,
-                masks,
-                statistics,
-                series,
-                provenance,
-                convention,
-                series_instance_uid=series_uid,
-                sop_instance_uid=hd.UID(),
-            )
-            built.append((kind, document))
+        built[kind] = BUILDERS[kind](case, SeriesSpec.for_kind(settings, kind), hd.UID(), built)
 
     written: list[WrittenObject] = []
     try:
-        for kind, dataset in built:
+        for kind, dataset in ((kind, ds) for kind, datasets in built.items() for ds in datasets):
             _drop_invalid_copied_attributes(dataset)
             path = out_dir / f"{kind}-{dataset.SOPInstanceUID}.dcm"
             _write_atomic(dataset, path)
@@ -251,7 +279,7 @@ def write_results(
                     series_instance_uid=str(dataset.SeriesInstanceUID),
                 )
             )
-        _fsync_folder(out_dir)
+        fsync_dir(out_dir)
     except OSError as exc:
         for obj in written:
             obj.path.unlink(missing_ok=True)
@@ -262,6 +290,6 @@ def write_results(
         ) from exc
     log.info(
         "results written",
-        extra={"kinds": wanted, "objects": len(written), "empty_result": statistics.is_empty},
+        extra={"outputs": wanted, "objects": len(written), "empty_result": statistics.is_empty},
     )
     return ResultsRecord(tuple(written), statistics, provenance)

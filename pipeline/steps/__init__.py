@@ -26,19 +26,17 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from segnode.config.settings import (
-    OUTPUT_KINDS,
     ModelSettings,
-    OutputKind,
-    OutputSettings,
     PreprocessingSettings,
+    ResultSeriesSettings,
     SelectionSettings,
     Settings,
 )
 from segnode.pipeline.errors import PipelineError
 from segnode.pipeline.workspace import Workspace
+from segnode.vocabulary import OUTPUT_KINDS, OutputKind
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +48,7 @@ STEP_ORDER = ("select", "convert", "preprocess", "infer", "write")
 class StepSettings:
     """The parts of the configuration the steps read (picklable, unlike ``Settings``).
 
-    ``output_kinds`` is what the write step produces; which kinds a node wants is a delivery
+    ``outputs`` is what the write step produces; which outputs a node wants is a delivery
     decision (``segnode.node.delivery.wanted_output_kinds``), made by the caller.
     """
 
@@ -58,24 +56,24 @@ class StepSettings:
     selection: SelectionSettings
     preprocessing: PreprocessingSettings
     model: ModelSettings
-    outputs: OutputSettings
-    output_kinds: tuple[OutputKind, ...] = ("seg", "sr")
+    result_series: ResultSeriesSettings
+    outputs: tuple[OutputKind, ...] = ("seg", "sr")
 
     @classmethod
-    def from_settings(cls, settings: Settings, output_kinds: Collection[OutputKind]) -> StepSettings:
-        wanted = set(output_kinds)
+    def from_settings(cls, settings: Settings, outputs: Collection[OutputKind]) -> StepSettings:
+        wanted = set(outputs)
         return cls(
             data_dir=Path(settings.storage.data_dir),
             selection=settings.selection,
             preprocessing=settings.preprocessing,
             model=settings.model,
-            outputs=settings.outputs,
-            output_kinds=tuple(kind for kind in OUTPUT_KINDS if kind in wanted),
+            result_series=settings.result_series,
+            outputs=tuple(kind for kind in OUTPUT_KINDS if kind in wanted),
         )
 
 
 #: A step: a function of a job folder and settings, returning the record for the event log.
-Step = Callable[[Workspace, StepSettings], dict[str, Any]]
+Step = Callable[[Workspace, StepSettings], dict[str, object]]
 
 
 def step_function(name: str) -> Step:
@@ -87,7 +85,7 @@ def step_function(name: str) -> Step:
     return step
 
 
-def run_step(name: str, work_dir: Path, settings: StepSettings) -> dict[str, Any]:
+def run_step(name: str, work_dir: Path, settings: StepSettings) -> dict[str, object]:
     """Entry point for a worker process: run one named step on one job folder."""
     step = step_function(name)
     started = time.perf_counter()
@@ -96,6 +94,6 @@ def run_step(name: str, work_dir: Path, settings: StepSettings) -> dict[str, Any
     return record
 
 
-def run_all(work_dir: Path, settings: StepSettings) -> dict[str, dict[str, Any]]:
+def run_all(work_dir: Path, settings: StepSettings) -> dict[str, dict[str, object]]:
     """Every step in order on one job folder, in this process (``segnode run``)."""
     return {name: run_step(name, work_dir, settings) for name in STEP_ORDER}

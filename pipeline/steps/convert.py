@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from segnode.pipeline.conversion import SpacingPolicy, convert_series
-from segnode.pipeline.selection import ALL_ROLES
 from segnode.pipeline.steps import StepSettings
-from segnode.pipeline.workspace import Workspace, selected_files
+from segnode.pipeline.workspace import Workspace
 from segnode.pipeline.workspace_images import write_volume
+from segnode.vocabulary import Role
 
 
-def run(workspace: Workspace, settings: StepSettings) -> dict[str, Any]:
+def run(workspace: Workspace, settings: StepSettings) -> dict[str, object]:
     """Convert the four selected series (SimpleITK/GDCM pixels, checked geometry)."""
     policy = SpacingPolicy(settings.preprocessing.spacing_policy)
-    record: dict[str, Any] = {}
-    for role in ALL_ROLES:
-        volume = convert_series(selected_files(workspace, role), policy)
+    selection = workspace.read_selection()
+    record: dict[str, object] = {}
+    for role in Role:
+        volume = convert_series(selection.files(role), policy)
         write_volume(workspace, role, volume)
         record[role.value] = volume.as_record()
     return record

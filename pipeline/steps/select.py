@@ -2,45 +2,47 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from segnode.pipeline.errors import SelectionError
-from segnode.pipeline.selection import ALL_ROLES, identify_sequences, require_roles
+from segnode.pipeline.selection import identify_sequences, require_roles
 from segnode.pipeline.sequence_facts import facts_from_datasets
 from segnode.pipeline.steps import StepSettings
-from segnode.pipeline.workspace import Workspace
+from segnode.pipeline.workspace import SelectedSeries, Selection, Workspace, jsonable
 
 
-def run(workspace: Workspace, settings: StepSettings) -> dict[str, Any]:
+def run(workspace: Workspace, settings: StepSettings) -> dict[str, object]:
     """Read every series' headers, assign the roles, write ``selection.json``."""
-    inputs = workspace.read_json("inputs.json")
-    files_by_series: dict[str, list[str]] = {}
+    files_by_series: dict[str, tuple[Path, ...]] = {}
     facts = []
-    for entry in inputs["series"]:
+    for series in workspace.read_inputs().series:
         headers = []
-        for name in entry["files"]:
+        for path in series.files:
             try:
-                headers.append(dcmread(name, stop_before_pixels=True))
+                headers.append(dcmread(path, stop_before_pixels=True))
             except (InvalidDicomError, OSError, ValueError) as exc:
-                raise SelectionError(f"cannot read {name}: {exc}") from exc
+                raise SelectionError(f"cannot read {path}: {exc}") from exc
         if headers:
             facts.append(facts_from_datasets(headers))
-            files_by_series[entry["series_instance_uid"]] = entry["files"]
+            files_by_series[series.series_instance_uid] = series.files
     assignment = identify_sequences(facts, settings.selection)
-    require_roles(assignment, ALL_ROLES)
-    roles = {
-        role.value: {
-            "series_instance_uid": candidate.facts.series_instance_uid,
-            "description": candidate.facts.description,
-            "files": files_by_series[candidate.facts.series_instance_uid],
-        }
-        for role, candidate in assignment.chosen.items()
-    }
-    workspace.write_json("selection.json", {"roles": roles, "record": assignment.as_record()})
+    require_roles(assignment)
+    selection = Selection(
+        roles={
+            role: SelectedSeries(
+                series_instance_uid=candidate.facts.series_instance_uid,
+                description=candidate.facts.description,
+                files=files_by_series[candidate.facts.series_instance_uid],
+            )
+            for role, candidate in assignment.chosen.items()
+        },
+        record=jsonable(assignment.as_record()),
+    )
+    workspace.write_selection(selection)
     return {
-        "roles": {role: entry["series_instance_uid"] for role, entry in roles.items()},
-        "candidates": assignment.as_record(),
+        "roles": {role.value: series.series_instance_uid for role, series in selection.roles.items()},
+        "candidates": selection.record,
     }

@@ -2,34 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from segnode.pipeline.model.labels import LabelConvention
 from segnode.pipeline.outputs.provenance import provenance_from
 from segnode.pipeline.outputs.writer import write_results
-from segnode.pipeline.selection import Role
 from segnode.pipeline.steps import StepSettings
-from segnode.pipeline.workspace import Workspace, selected_files
+from segnode.pipeline.workspace import Results, Workspace
 from segnode.pipeline.workspace_images import read_image, read_volume
+from segnode.vocabulary import Role
 
-ET_LABEL = {LabelConvention.BRATS_2021: 4, LabelConvention.BRATS_2023: 3}
 
-
-def run(workspace: Workspace, settings: StepSettings) -> dict[str, Any]:
+def run(workspace: Workspace, settings: StepSettings) -> dict[str, object]:
     """Write the result objects into ``outputs/`` and their list into ``results.json``."""
-    inference = workspace.read_json("inference/record.json")
+    inference = workspace.read_inference()
     t1c = read_volume(workspace, Role.T1C)
     workspace.outputs_dir.mkdir(parents=True, exist_ok=True)
-    results = write_results(
-        source_files=selected_files(workspace, Role.T1C),
+    written = write_results(
+        source_files=workspace.read_selection().files(Role.T1C),
         slices=t1c.slices,
-        labels=read_image(workspace, "inference/labels_source.mha"),
-        convention_et_label=ET_LABEL[LabelConvention(inference["label_convention"])],
+        labels=read_image(workspace, workspace.source_labels_path),
+        convention_et_label=inference.label_convention.et_label,
         provenance=provenance_from(inference),
-        settings=settings.outputs,
-        kinds=settings.output_kinds,
+        settings=settings.result_series,
+        outputs=settings.outputs,
         out_dir=workspace.outputs_dir,
     )
-    record = results.as_record()
-    workspace.write_json("results.json", record)
-    return record
+    results = Results.model_validate(written.as_record())
+    workspace.write_results(results)
+    return results.model_dump(mode="json")

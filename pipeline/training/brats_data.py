@@ -28,15 +28,15 @@ from nibabel.filebasedimages import ImageFileError
 from segnode.pipeline.errors import PipelineError
 from segnode.pipeline.intensity import zscore_over_mask
 from segnode.pipeline.model.labels import labels_to_regions
-from segnode.pipeline.model.manifest import ROLES
+from segnode.vocabulary import CHANNEL_ORDER, Role
 
 log = logging.getLogger(__name__)
 
-ROLE_TOKENS: dict[str, tuple[str, ...]] = {
-    "t1": ("t1", "t1n"),
-    "t1c": ("t1c", "t1ce", "t1gd"),
-    "t2": ("t2", "t2w"),
-    "flair": ("flair", "fla", "t2f"),
+ROLE_TOKENS: dict[Role, tuple[str, ...]] = {
+    Role.T1: ("t1", "t1n"),
+    Role.T1C: ("t1c", "t1ce", "t1gd"),
+    Role.T2: ("t2", "t2w"),
+    Role.FLAIR: ("flair", "fla", "t2f"),
 }
 LABEL_TOKEN = "seg"
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -61,8 +61,11 @@ class BratsCase:
 
     def path(self, role: str) -> Path:
         """The image of a role (t1, t1c, t2, flair)."""
-        if role not in ROLES:
-            raise TrainingDataError(f"case {self.case_id}: unknown role {role!r}, expected {ROLES}")
+        if role not in set(Role):
+            raise TrainingDataError(
+                f"case {self.case_id}: unknown role {role!r}, expected "
+                f"{tuple(known.value for known in Role)}"
+            )
         path: Path = getattr(self, role)
         return path
 
@@ -85,7 +88,7 @@ def file_role(path: Path) -> str | None:
         return "label"
     for role, names in ROLE_TOKENS.items():
         if tokens[-1] in names:
-            return role
+            return role.value
     return None
 
 
@@ -105,7 +108,7 @@ def find_case(folder: Path) -> BratsCase:
         raise TrainingDataError(
             f"case folder {folder}: several files for one role {ambiguous}; keep one per role"
         )
-    missing = [role for role in ROLES if role not in found]
+    missing = [role.value for role in Role if role not in found]
     if missing:
         raise TrainingDataError(
             f"case folder {folder}: no image for {missing} (expected BraTS names such as "
@@ -175,7 +178,7 @@ def _read_nifti(path: Path, case_id: str) -> nib.Nifti1Image:
 
 
 def load_case(
-    case: BratsCase, channel_order: Sequence[str] = ROLES, normalise: bool = True
+    case: BratsCase, channel_order: Sequence[str] = CHANNEL_ORDER, normalise: bool = True
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The case's image (C, X, Y, Z) float32 and regions (3, X, Y, Z) bool (WT, TC, ET).
 

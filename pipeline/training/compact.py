@@ -13,18 +13,18 @@ case is read again; a cache file is written atomically (a crash leaves no half f
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from segnode.pipeline.model.labels import LabelConvention, labels_to_regions, regions_to_labels
-from segnode.pipeline.model.manifest import ROLES
+from segnode.files import atomic_write
+from segnode.pipeline.model.labels import labels_to_regions, regions_to_labels
 from segnode.pipeline.model.resolution import block_mean
 from segnode.pipeline.training.brats_data import BratsCase, load_case
 from segnode.pipeline.training.prediction import brain_box
+from segnode.vocabulary import CHANNEL_ORDER, LabelConvention, Role
 
 CACHE_FORMAT = 1
 
@@ -56,14 +56,14 @@ class CompactCase:
 
 def _cache_key(case: BratsCase, channel_order: Sequence[str]) -> str:
     parts = [str(CACHE_FORMAT), str(case.folder.resolve()), ",".join(channel_order)]
-    files = [case.path(role) for role in ROLES] + ([case.label] if case.label else [])
+    files = [case.path(role) for role in Role] + ([case.label] if case.label else [])
     for path in files:
         stat = path.stat()
         parts.append(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
-def compact_case(case: BratsCase, channel_order: Sequence[str] = ROLES) -> CompactCase:
+def compact_case(case: BratsCase, channel_order: Sequence[str] = CHANNEL_ORDER) -> CompactCase:
     """Read, normalise and crop one case (no cache)."""
     image, regions = load_case(case, channel_order)
     box = brain_box(image)
@@ -84,18 +84,21 @@ def compact_case(case: BratsCase, channel_order: Sequence[str] = ROLES) -> Compa
 
 def save_compact(case: CompactCase, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".partial-{path.name}")
-    with partial.open("wb") as handle:
-        np.savez(
-            handle,
-            case_id=np.array(case.case_id),
-            image=case.image,
-            labels=case.labels if case.labels is not None else np.zeros((0,), np.uint8),
-            box=np.array(case.box, dtype=np.int64),
-            full_shape=np.array(case.full_shape, dtype=np.int64),
-            channel_order=np.array(",".join(case.channel_order)),
-        )
-    os.replace(partial, path)
+    labels = case.labels if case.labels is not None else np.zeros((0,), np.uint8)
+
+    def write(partial: Path) -> None:
+        with partial.open("wb") as handle:
+            np.savez(
+                handle,
+                case_id=np.array(case.case_id),
+                image=case.image,
+                labels=labels,
+                box=np.array(case.box, dtype=np.int64),
+                full_shape=np.array(case.full_shape, dtype=np.int64),
+                channel_order=np.array(",".join(case.channel_order)),
+            )
+
+    atomic_write(path, write)
 
 
 def load_compact(path: Path) -> CompactCase:
@@ -114,7 +117,7 @@ def load_compact(path: Path) -> CompactCase:
 
 
 def cached_compact_case(
-    case: BratsCase, cache_dir: Path | None, channel_order: Sequence[str] = ROLES
+    case: BratsCase, cache_dir: Path | None, channel_order: Sequence[str] = CHANNEL_ORDER
 ) -> CompactCase:
     """The compact case from ``cache_dir`` when it is there and current, else read and store."""
     if cache_dir is None:

@@ -21,26 +21,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from scipy import ndimage
 
-from segnode.pipeline.model.inference import choose_roi, postprocess, predict_regions
-from segnode.pipeline.model.labels import REGIONS, LabelConvention, labels_to_regions
-from segnode.pipeline.model.loading import load_model_folder
+from segnode.pipeline.model.device import autocast_dtype, select_device
+from segnode.pipeline.model.inference import choose_roi, predict_regions
+from segnode.pipeline.model.labels import labels_to_regions
 from segnode.pipeline.model.manifest import ModelManifest
+from segnode.pipeline.model.postprocess import postprocess
+from segnode.pipeline.model.registry import load_model
 from segnode.pipeline.model.resolution import coarse_shape
 from segnode.pipeline.training.brats_data import BratsCase, find_cases
+from segnode.pipeline.training.checkpoints import MODEL_DIR_NAME
 from segnode.pipeline.training.compact import CompactCase, cached_compact_case
+from segnode.pipeline.training.config import TrainConfig
 from segnode.pipeline.training.evaluation import RegionScores, evaluate_pair
 from segnode.pipeline.training.folds import FOLDS, split
 from segnode.pipeline.training.recipes import Recipe
-from segnode.pipeline.training.trainer import (
-    MODEL_DIR_NAME,
-    StepReport,
-    TrainConfig,
-    dice_score,
-    train,
-)
+from segnode.pipeline.training.trainer import StepReport, dice_score, train
+from segnode.vocabulary import NESTED_REGION_KEYS, LabelConvention
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +93,7 @@ class CvReport:
     def summary(self) -> dict[str, dict[str, float]]:
         """Mean and sd of Dice and HD95 per region over the cases."""
         result: dict[str, dict[str, float]] = {}
-        for region in REGIONS:
+        for region in NESTED_REGION_KEYS:
             dice = [scores[region]["dice"] for scores in self.by_case.values()]
             hd95 = [scores[region]["hd95"] for scores in self.by_case.values()]
             result[region] = {
@@ -179,7 +177,9 @@ def predict_compact(
 ) -> np.ndarray:
     """Region probabilities (3, X, Y, Z) on the case's 1 mm brain box, as ``segnode predict``
     computes them before post-processing."""
-    manifest, network = load_model_folder(model_dir)
+    on = select_device(device)
+    loaded = load_model(model_dir, on)
+    manifest = loaded.manifest
     if tuple(manifest.input_channels) != compact.channel_order:
         order = [compact.channel_order.index(role) for role in manifest.input_channels]
         image = compact.image[order]
@@ -188,13 +188,13 @@ def predict_compact(
     factor = manifest.spacing_factor()
     image32 = np.ascontiguousarray(image, dtype=np.float32)
     return predict_regions(
-        [network],
+        [loaded.network],
         image32,
         output_channels=manifest.output_channels,
         tta=tta,
         roi_size=choose_roi(coarse_shape(image32.shape[1:], factor)),
-        device=torch.device(device),
-        amp_dtype=None,
+        device=on,
+        amp_dtype=autocast_dtype(on),
         spacing_factor=factor,
     )
 
@@ -202,7 +202,7 @@ def predict_compact(
 def _sweep(predictions: Sequence[_Prediction]) -> list[dict[str, Any]]:
     """Mean Dice per region for every post-processing setting, best (sum of means) first.
 
-    Computes what ``inference.postprocess`` would give for each setting without running it
+    Computes what ``postprocess.postprocess`` would give for each setting without running it
     ~1,200 times per case: per WT/TC threshold the whole-tumour components are labelled once,
     each component-size floor is a mask of them, the ET threshold only re-cuts ET inside TC,
     and the small-ET rule only empties ET (its voxels stay in TC as necrosis).
@@ -238,7 +238,7 @@ def _sweep(predictions: Sequence[_Prediction]) -> list[dict[str, Any]]:
                     for et_min in ET_MIN_VOXELS:
                         relabel = bool(et_min) and 0 < et_voxels < et_min
                         key = (threshold, et_threshold, min_component, et_min)
-                        row = sums.setdefault(key, {region: [] for region in REGIONS})
+                        row = sums.setdefault(key, {region: [] for region in NESTED_REGION_KEYS})
                         row["wt"].append(dice_wt)
                         row["tc"].append(dice_tc)
                         row["et"].append(dice_no_et if relabel else dice_et)

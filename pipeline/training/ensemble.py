@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
+from segnode.files import atomic_write
 from segnode.pipeline.model.errors import InvalidManifestError
-from segnode.pipeline.model.loading import load_verified_weights, read_manifest
 from segnode.pipeline.model.manifest import ModelManifest, PostprocessingSpec
 from segnode.pipeline.model.network import build_network
-from segnode.pipeline.model.weights import sha256_of_file
+from segnode.pipeline.model.weights import read_verified_weights, sha256_hex
 from segnode.pipeline.training.export import VAE_PREFIX
 
 
@@ -44,11 +44,11 @@ def pack_ensemble(
     Raises:
         InvalidManifestError: no member, or members of different architectures, channels or
             grids.
-        ModelError: a member's weights fail their checksum (``loading``).
+        ModelError: a member's weights fail their checksum (``weights.read_verified_weights``).
     """
     if not member_dirs:
         raise InvalidManifestError("an ensemble needs at least one member model")
-    manifests = [read_manifest(folder) for folder in member_dirs]
+    manifests = [ModelManifest.read(folder) for folder in member_dirs]
     first = manifests[0]
     architecture = first.architecture
     if architecture.name == "SegResNetVAE":
@@ -68,8 +68,8 @@ def pack_ensemble(
             )
     state: dict[str, torch.Tensor] = {}
     for index, (folder, manifest) in enumerate(zip(member_dirs, manifests, strict=True)):
-        weights = load_verified_weights(folder, manifest)
-        for key, value in weights.items():
+        weights = read_verified_weights(folder, manifest)
+        for key, value in weights.state.items():
             if key.startswith(VAE_PREFIX):
                 continue
             state[f"members.{index}.{key}"] = value.half() if value.is_floating_point() else value
@@ -79,7 +79,8 @@ def pack_ensemble(
     out_dir.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    (out_dir / "model.pt").write_bytes(buffer.getvalue())
+    data = buffer.getvalue()
+    atomic_write(out_dir / "model.pt", lambda partial: partial.write_bytes(data))
     manifest = ModelManifest(
         id=model_id,
         name=name,
@@ -90,7 +91,7 @@ def pack_ensemble(
         preprocessing=first.preprocessing,
         postprocessing=postprocessing,
         weights_file="model.pt",
-        weights_sha256=sha256_of_file(out_dir / "model.pt"),
+        weights_sha256=sha256_hex(data),
         weights_dtype="float16",
         training_data=training_data,
         metrics={**metrics, "members": [m.id for m in manifests]},

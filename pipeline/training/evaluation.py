@@ -28,7 +28,8 @@ from nibabel.filebasedimages import ImageFileError
 from scipy import ndimage
 
 from segnode.pipeline.errors import EvaluationError
-from segnode.pipeline.model.labels import REGIONS, labels_to_regions
+from segnode.pipeline.model.labels import labels_to_regions
+from segnode.vocabulary import NESTED_REGION_KEYS
 
 BRATS_EMPTY_HD95_MM = 373.12866
 """HD95 when exactly one of prediction and reference is empty: the diagonal of the BraTS grid,
@@ -115,7 +116,7 @@ def evaluate_pair(
         raise EvaluationError(f"not a BraTS label map: {exc}") from exc
     return {
         region: _region_scores(predicted[index], expected[index], spacing_mm)
-        for index, region in enumerate(REGIONS)
+        for index, region in enumerate(NESTED_REGION_KEYS)
     }
 
 
@@ -128,7 +129,7 @@ def mean_scores(cases: Sequence[dict[str, RegionScores]]) -> dict[str, RegionSco
             dice=float(np.mean([case[region]["dice"] for case in cases])),
             hd95=float(np.mean([case[region]["hd95"] for case in cases])),
         )
-        for region in REGIONS
+        for region in NESTED_REGION_KEYS
     }
 
 
@@ -144,7 +145,7 @@ class EvaluationReport:
     def to_json(self) -> str:
         return json.dumps(
             {
-                "regions": list(REGIONS),
+                "regions": list(NESTED_REGION_KEYS),
                 "hd95_unit": "mm",
                 "hd95_when_one_empty_mm": BRATS_EMPTY_HD95_MM,
                 "cases": self.cases,
@@ -160,13 +161,13 @@ class EvaluationReport:
         width = max(len(name) for name in names)
         header = "  ".join(
             [f"{'case':<{width}}"]
-            + [f"{region.upper() + ' Dice':>8}" for region in REGIONS]
-            + [f"{region.upper() + ' HD95':>8}" for region in REGIONS]
+            + [f"{region.upper() + ' Dice':>8}" for region in NESTED_REGION_KEYS]
+            + [f"{region.upper() + ' HD95':>8}" for region in NESTED_REGION_KEYS]
         )
         lines = [header, "-" * len(header)]
         for name, scores in [*self.cases.items(), ("mean", self.mean)]:
-            dice = [f"{scores[region]['dice']:>8.4f}" for region in REGIONS]
-            hd95 = [f"{scores[region]['hd95']:>8.2f}" for region in REGIONS]
+            dice = [f"{scores[region]['dice']:>8.4f}" for region in NESTED_REGION_KEYS]
+            hd95 = [f"{scores[region]['hd95']:>8.2f}" for region in NESTED_REGION_KEYS]
             lines.append("  ".join([f"{name:<{width}}", *dice, *hd95]))
         for what, names_left in (
             ("predictions without labels", self.unmatched_predictions),

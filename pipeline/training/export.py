@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from segnode.pipeline.model.errors import InvalidManifestError
+from segnode.files import atomic_write
 from segnode.pipeline.model.manifest import ModelManifest
 from segnode.pipeline.model.network import build_network
-from segnode.pipeline.model.weights import sha256_of_file
+from segnode.pipeline.model.weights import read_verified_weights, sha256_hex
 
 VAE_PREFIX = "vae_"
 
@@ -25,12 +25,13 @@ VAE_PREFIX = "vae_"
 def export_for_inference(
     model_dir: Path, out_dir: Path, *, model_id: str | None = None, float16: bool = True
 ) -> ModelManifest:
-    """Write ``out_dir`` with a SegResNet-only copy of the model in ``model_dir``."""
+    """Write ``out_dir`` with a SegResNet-only copy of the model in ``model_dir``.
+
+    Raises:
+        ModelError: the source's manifest is invalid or its weights fail their checksum.
+    """
     manifest = ModelManifest.read(model_dir)
-    weights = model_dir / manifest.weights_file
-    if sha256_of_file(weights) != manifest.weights_sha256:
-        raise InvalidManifestError(f"{weights}: checksum differs from its manifest; not exporting")
-    state = torch.load(weights, map_location="cpu", weights_only=True)
+    state = read_verified_weights(model_dir, manifest).state
     kept = {key: value for key, value in state.items() if not key.startswith(VAE_PREFIX)}
     architecture = manifest.architecture.model_copy(update={"name": "SegResNet"})
     network = build_network(architecture)
@@ -42,13 +43,14 @@ def export_for_inference(
     out_dir.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(kept, buffer)
-    (out_dir / "model.pt").write_bytes(buffer.getvalue())
+    data = buffer.getvalue()
+    atomic_write(out_dir / "model.pt", lambda partial: partial.write_bytes(data))
     exported = manifest.model_copy(
         update={
             "id": model_id or manifest.id,
             "architecture": architecture,
             "weights_file": "model.pt",
-            "weights_sha256": sha256_of_file(out_dir / "model.pt"),
+            "weights_sha256": sha256_hex(data),
             "weights_dtype": "float16" if float16 else "float32",
         }
     )

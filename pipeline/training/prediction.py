@@ -9,7 +9,6 @@ of its first input sequence), so it overlays the inputs in any viewer.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from dataclasses import dataclass, replace
@@ -17,20 +16,16 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import torch
 
+from segnode.config.settings import ModelSettings
+from segnode.files import atomic_write
 from segnode.pipeline.errors import PipelineError
-from segnode.pipeline.model.inference import (
-    PostprocessRecord,
-    choose_roi,
-    postprocess_with,
-    predict_regions,
-    resolve_postprocessing,
-)
-from segnode.pipeline.model.labels import LabelConvention
-from segnode.pipeline.model.loading import load_model_folder
-from segnode.pipeline.model.resolution import coarse_shape
+from segnode.pipeline.model.device import select_device
+from segnode.pipeline.model.postprocess import PostprocessRecord
+from segnode.pipeline.model.registry import load_model
+from segnode.pipeline.model.segmentation import labels_from, region_probabilities
 from segnode.pipeline.training.brats_data import find_case, load_case
+from segnode.vocabulary import LabelConvention
 
 _NIFTI = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
 BRAIN_BOX_MARGIN_VOXELS = 8
@@ -60,9 +55,7 @@ def write_labels(labels: np.ndarray, reference: nib.Nifti1Image, out: Path) -> N
     image.header["cal_min"], image.header["cal_max"] = 0, int(labels.max(initial=0))
     image.header["descrip"] = b"segnode tumour labels (research use only)"
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".partial-{out.name}")
-    nib.save(image, partial)
-    os.replace(partial, out)
+    atomic_write(out, lambda partial: nib.save(image, partial))
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,51 +74,39 @@ class PredictionSummary:
     postprocessing: PostprocessRecord
 
 
-def select_device() -> tuple[torch.device, torch.dtype | None]:
-    """CUDA with bf16 (fp16 on older GPUs) autocast when present, else CPU in float32."""
-    if torch.cuda.is_available():
-        amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.device("cuda"), amp
-    return torch.device("cpu"), None
-
-
 def predict_case(
     case_dir: Path,
     out: Path,
     model_folder: Path,
+    settings: ModelSettings,
     *,
     convention: LabelConvention = LabelConvention.BRATS_2021,
-    tta: bool = True,
     roi_size: tuple[int, int, int] | None = None,
-    threshold: float | None = None,
-    et_threshold: float | None = None,
-    et_min_voxels: int | None = None,
-    min_component_voxels: int | None = None,
 ) -> PredictionSummary:
     """Segment one case folder and write the label map to ``out`` (.nii or .nii.gz).
+
+    The model runs as the node runs it (``segmentation.region_probabilities`` and
+    ``labels_from``), on the brain box of the case.
 
     Args:
         case_dir: folder with one NIfTI per sequence the model takes (t1, t1c, t2, flair).
         out: label map to write; labels 1 NCR, 2 ED, ET 4 (2021) or 3 (2023).
-        model_folder: ``manifest.json`` and the weights it names (checksum verified).
+        model_folder: ``manifest.json`` and the weights it names (``registry.load_model``).
+        settings: ``[model]``: device, TTA and the post-processing overrides (None values:
+            the model's tuned ones); its ``default`` and ``ensemble`` are not read here.
         convention: label values to write.
-        tta: average over the 8 axis flips (8 forward passes).
         roi_size: sliding-window size on the model's grid; None lets ``choose_roi`` decide.
-        threshold: region probability threshold; None: the model's tuned value.
-        et_threshold: the enhancing-tumour output's threshold; None: the model's tuned value.
-        et_min_voxels: smaller ET becomes NCR; 0 disables; None: the model's tuned value.
-        min_component_voxels: smaller tumour components are removed; 0 disables; None: the
-            model's tuned value (``inference.resolve_postprocessing``).
 
     Raises:
         PipelineError: an unreadable or unregistered case; a bad model folder or a checksum
-            mismatch (``segnode.pipeline.model.errors``); an inference failure (``InferenceError``).
+            mismatch (``segnode.pipeline.model.errors``); an unavailable device; an inference
+            failure (``InferenceError``).
     """
     if not _NIFTI.search(out.name):
         raise PipelineError(f"output {out} must end in .nii or .nii.gz")
-    device, amp_dtype = select_device()
-    manifest, network = load_model_folder(model_folder)
-    roles = manifest.input_channels
+    device = select_device(settings.device)
+    model = load_model(model_folder, device)
+    roles = model.manifest.input_channels
     # The same reader as training (every BraTS naming), without the label map if one lies there.
     case = replace(find_case(case_dir), label=None)
     full_image, _ = load_case(case, roles)
@@ -134,38 +115,22 @@ def predict_case(
         raise PipelineError(f"{case.path(roles[0])} is not a NIfTI image")
     box = brain_box(full_image)
     image = np.ascontiguousarray(full_image[(slice(None), *box)])
-    factor = manifest.spacing_factor()
-    roi = roi_size if roi_size is not None else choose_roi(coarse_shape(image.shape[1:], factor))
     started = time.monotonic()
-    cropped = predict_regions(
-        [network],
-        image,
-        output_channels=manifest.output_channels,
-        tta=tta,
-        roi_size=roi,
-        device=device,
-        amp_dtype=amp_dtype,
-        spacing_factor=factor,
+    cropped, roi = region_probabilities(
+        [model], image, roles, tta=settings.tta, device=device, roi_size=roi_size
     )
     inference_s = time.monotonic() - started
     probabilities = np.zeros((cropped.shape[0], *full_image.shape[1:]), dtype=np.float32)
     probabilities[(slice(None), *box)] = cropped
-    chosen = resolve_postprocessing(
-        manifest.postprocessing,
-        threshold=threshold,
-        et_threshold=et_threshold,
-        et_min_voxels=et_min_voxels,
-        min_component_voxels=min_component_voxels,
-    )
-    labels, record = postprocess_with(probabilities, chosen, convention)
+    labels, record = labels_from(probabilities, model, settings, convention)
     write_labels(labels, reference, out)
     return PredictionSummary(
         output=out,
-        model_id=manifest.id,
-        weights_sha256=manifest.weights_sha256,
+        model_id=model.manifest.id,
+        weights_sha256=model.sha256,
         shape=tuple(int(size) for size in labels.shape),
         roi_size=roi,
-        tta=tta,
+        tta=settings.tta,
         device=device.type,
         inference_s=inference_s,
         postprocessing=record,

@@ -9,23 +9,17 @@ on the same machine. On CUDA the forward pass runs under autocast (bf16 where th
 it, else fp16 with a GradScaler); on CPU it stays fp32 in channels_last_3d (bf16 is about 2×
 slower there, channels_last_3d 25-35 % faster: the project's stack notes).
 
-The result is a model folder (``model.pt`` + ``manifest.json`` with the weights' sha256)
-that the node's model loader accepts.
-
-Fine-tuning: ``init_weights`` names a model folder whose (checksum-verified, possibly float16,
-possibly VAE-less) weights start the run. The encoder-decoder parameters must all load; the VAE
-branch starts fresh when the folder holds an inference export (SegResNet), and the model's id and
-sha256 are recorded in the new manifest.
+The run's files (checkpoint, log, initial weights, the model folder the node's loader
+accepts) are ``checkpoints.py``'s; its configuration is ``config.TrainConfig``; the device and
+autocast type follow ``segnode.pipeline.model.device``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,145 +27,31 @@ from typing import Any
 import numpy as np
 import torch
 
-from segnode.pipeline.model.errors import ModelError
+from segnode.pipeline.model.device import autocast_dtype, select_device
 from segnode.pipeline.model.inference import choose_roi, predict_regions
-from segnode.pipeline.model.labels import REGIONS
-from segnode.pipeline.model.loading import load_verified_weights, read_manifest
-from segnode.pipeline.model.manifest import (
-    DEFAULT_PREPROCESSING,
-    MANIFEST_FILE,
-    ROLES,
-    ArchitectureSpec,
-    ModelManifest,
-)
 from segnode.pipeline.model.network import build_network
-from segnode.pipeline.training.augmentation import PAPER_CROP, Shape3, random_augmentation
-from segnode.pipeline.training.brats_data import BratsCase, find_case, find_cases, load_case
+from segnode.pipeline.training.augmentation import random_augmentation
+from segnode.pipeline.training.brats_data import BratsCase, find_case, load_case
+from segnode.pipeline.training.checkpoints import (
+    CHECKPOINT_NAME,
+    LOG_NAME,
+    append_log,
+    load_initial_weights,
+    restore_run,
+    save_run,
+    write_init_report,
+    write_log,
+    write_model_folder,
+)
 from segnode.pipeline.training.compact import cached_compact_case
-from segnode.pipeline.training.export import VAE_PREFIX
+from segnode.pipeline.training.config import TrainConfig, TrainingError
 from segnode.pipeline.training.losses import forward_for_training, total_loss
 from segnode.pipeline.training.prediction import brain_box
+from segnode.vocabulary import NESTED_REGION_KEYS
 
 log = logging.getLogger(__name__)
 
 POLY_POWER = 0.9
-CHECKPOINT_NAME = "checkpoint.pt"
-LOG_NAME = "train_log.jsonl"
-MODEL_DIR_NAME = "model"
-INIT_REPORT_NAME = "init_weights.json"
-CHECKPOINT_FORMAT = 1
-
-
-class TrainingError(ModelError):
-    """Training cannot start or continue (bad configuration, checkpoint mismatch, NaN loss)."""
-
-
-@dataclass(frozen=True, slots=True)
-class TrainConfig:
-    """One training run; validated on construction."""
-
-    out_dir: Path
-    cases: tuple[Path, ...] = ()
-    """Case folders (see brats_data.find_case)."""
-    data_roots: tuple[Path, ...] = ()
-    """Folders searched for labelled cases (brats_data.find_cases)."""
-    val_cases: tuple[Path, ...] = ()
-    val_every: int = 1
-    """Validate after every n-th epoch and after the last (whole volumes: ~5 s a case on CPU)."""
-    epochs: int = 300
-    crop: Shape3 = PAPER_CROP
-    init_filters: int = 32
-    vae: bool = True
-    """SegResNetVAE (the paper) or plain SegResNet."""
-    seed: int = 0
-    resume: bool = False
-    device: str | None = None
-    """'cpu', 'cuda', 'cuda:1'; None picks CUDA when present."""
-    max_steps_per_epoch: int | None = None
-    fp16_weights: bool = False
-    amp: bool = True
-    """Mixed precision on CUDA (ignored on CPU)."""
-    learning_rate: float = 1e-4
-    weight_decay: float = 1e-5
-    channel_order: tuple[str, ...] = ROLES
-    foreground_probability: float = 0.0
-    """Share of crops centred on tumour (augmentation.py); 0 is the paper's uniform crop."""
-    cache_cases: bool = True
-    """Keep the normalised volumes in memory (~140 MB per case)."""
-    model_id: str | None = None
-    model_version: str = "0.1.0"
-    training_data_note: str = ""
-    init_weights: Path | None = None
-    """A model folder whose weights start the run (fine-tuning); ignored on resume, where the
-    checkpoint's weights continue. See :func:`load_initial_weights`."""
-    network: ArchitectureSpec | None = None
-    """The whole architecture (a recipe's: ``segnode.pipeline.training.recipes``); None builds SegResNet
-    or SegResNetVAE from ``init_filters`` and ``vae``. A SegResNetVAE's VAE input shape is
-    always the crop."""
-    bce_weight: float = 0.0
-    """Weight of a BCE term added to the soft Dice (``losses.total_loss``); 0 is the paper."""
-    spacing_mm: float = 1.0
-    """Grid the network trains and predicts on; 2.0 trains on 2 mm block means of the 1 mm
-    cases (``segnode.pipeline.model.resolution``) and the manifest tells inference to do the same."""
-    batch_size: int = 1
-    """Crops per step. On CPU, batch 2 is ~2x faster per crop than batch 1: PyTorch sends a
-    batch-1 3D convolution with a small input to its slow native kernel instead of oneDNN
-    (``bench/train_step.py``)."""
-    cache_dir: Path | None = None
-    """Folder for compact brain-cropped cases (``segnode.pipeline.training.compact``); None reads NIfTI."""
-    recipe: str | None = None
-    """Name of the recipe the run follows, recorded in the manifest."""
-
-    def __post_init__(self) -> None:
-        if not self.cases and not self.data_roots:
-            raise TrainingError("no training data: give case folders or data roots")
-        if self.val_every < 1:
-            raise TrainingError(f"val_every must be >= 1, got {self.val_every}")
-        if self.epochs < 1:
-            raise TrainingError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise TrainingError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.bce_weight < 0:
-            raise TrainingError(f"bce_weight must be >= 0, got {self.bce_weight}")
-        if self.spacing_mm < 1 or self.spacing_mm != round(self.spacing_mm):
-            raise TrainingError(f"spacing_mm must be a whole number >= 1, got {self.spacing_mm}")
-        multiple = 16 if self.uses_vae else 8
-        if any(n < multiple or n % multiple for n in self.crop):
-            raise TrainingError(
-                f"crop {self.crop}: each side must be a multiple of {multiple} "
-                f"({'the VAE branch halves 4 times' if self.uses_vae else 'the encoder halves 3 times'})"
-            )
-        if self.init_filters < 8 or self.init_filters % 8:
-            raise TrainingError(
-                f"init_filters {self.init_filters}: GroupNorm(8) needs a multiple of 8"
-            )
-        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
-            raise TrainingError("max_steps_per_epoch must be >= 1")
-        if not 0.0 <= self.foreground_probability <= 1.0:
-            raise TrainingError(
-                f"foreground_probability {self.foreground_probability} not in [0, 1]"
-            )
-        if sorted(self.channel_order) != sorted(ROLES):
-            raise TrainingError(f"channel_order must be a permutation of {ROLES}")
-
-    @property
-    def uses_vae(self) -> bool:
-        return self.architecture().name == "SegResNetVAE"
-
-    @property
-    def spacing_factor(self) -> int:
-        return int(round(self.spacing_mm))
-
-    def architecture(self) -> ArchitectureSpec:
-        if self.network is not None:
-            if self.network.name == "SegResNetVAE":
-                return self.network.model_copy(update={"vae_input_shape": self.crop})
-            return self.network
-        return ArchitectureSpec(
-            name="SegResNetVAE" if self.vae else "SegResNet",
-            init_filters=self.init_filters,
-            vae_input_shape=self.crop if self.vae else None,
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,97 +83,6 @@ class TrainResult:
     """:class:`InitWeightsReport` as a dict, when the run started from a model folder."""
 
 
-@dataclass(frozen=True, slots=True)
-class InitWeightsReport:
-    """What :func:`load_initial_weights` loaded into the network being trained."""
-
-    model_id: str
-    weights_sha256: str
-    folder: str
-    loaded: int
-    """Parameters and buffers copied from the model folder."""
-    missing: tuple[str, ...]
-    """In the network, not loaded (the VAE branch, which starts fresh)."""
-    unexpected: tuple[str, ...]
-    """In the weights file, not loaded (unknown to the network, or a VAE tensor whose shape
-    belongs to another training crop)."""
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "model_id": self.model_id,
-            "weights_sha256": self.weights_sha256,
-            "folder": self.folder,
-            "loaded": self.loaded,
-            "missing": list(self.missing),
-            "unexpected": list(self.unexpected),
-        }
-
-
-def load_initial_weights(
-    network: torch.nn.Module, folder: Path, channel_order: Sequence[str] = ROLES
-) -> InitWeightsReport:
-    """Copy a model folder's weights into ``network`` (float32) for fine-tuning.
-
-    Non-strict for the VAE branch only: every parameter of the segmentation path (all keys
-    not starting with ``vae_``) must be present with the network's shape, else nothing is
-    loaded. VAE tensors of another shape (trained on another crop) are skipped and reported.
-
-    Raises:
-        TrainingError: the folder's input channels or outputs differ from the run's, or a
-            segmentation-path parameter is missing or of another shape.
-        ModelError: no valid manifest, or the weights fail their checksum (``segnode.pipeline.model.
-            loading``).
-    """
-    manifest = read_manifest(folder)
-    where = f"--init-weights {folder} (model {manifest.id})"
-    if tuple(manifest.input_channels) != tuple(channel_order):
-        raise TrainingError(
-            f"{where} takes channels {list(manifest.input_channels)}, this run feeds "
-            f"{list(channel_order)}"
-        )
-    if tuple(manifest.output_channels) != REGIONS:
-        raise TrainingError(
-            f"{where} outputs {list(manifest.output_channels)}; training needs {list(REGIONS)}"
-        )
-    state = load_verified_weights(folder, manifest)  # checksum-verified bytes
-    expected = network.state_dict()
-    wrong_shape = [
-        name
-        for name, tensor in state.items()
-        if name in expected and tensor.shape != expected[name].shape
-    ]
-    not_loadable = [
-        name
-        for name in expected
-        if not name.startswith(VAE_PREFIX) and (name not in state or name in wrong_shape)
-    ]
-    if not_loadable:
-        shown = ", ".join(not_loadable[:5])
-        raise TrainingError(
-            f"{where}: {len(not_loadable)} parameter(s) of the segmentation path are missing or "
-            f"of another shape ({shown}{', ...' if len(not_loadable) > 5 else ''}); the model's "
-            f"architecture ({manifest.architecture.name}, {manifest.architecture.init_filters} "
-            f"filters) must match the run's (--filters)"
-        )
-    usable = {
-        name: tensor.float() if tensor.is_floating_point() else tensor
-        for name, tensor in state.items()
-        if name in expected and name not in wrong_shape
-    }
-    result = network.load_state_dict(usable, strict=False)
-    unexpected = sorted([*result.unexpected_keys, *(n for n in state if n not in expected)])
-    report = InitWeightsReport(
-        model_id=manifest.id,
-        weights_sha256=manifest.weights_sha256,
-        folder=str(folder),
-        loaded=len(usable),
-        missing=tuple(result.missing_keys),
-        unexpected=tuple(sorted({*unexpected, *wrong_shape})),
-    )
-    log.info("initial weights loaded", extra={"init_weights": report.as_dict()})
-    return report
-
-
 def poly_lr(base_lr: float, epoch: int, epochs: int) -> float:
     """Paper section 3.6: base · (1 − epoch/epochs)^0.9, epoch counted from 0."""
     return base_lr * (1.0 - epoch / epochs) ** POLY_POWER
@@ -323,7 +112,7 @@ def validation_regions(
     0.70 on their training case without the margin, 0.53 with it), so validation must see the
     input that inference sees.
     """
-    regions = np.zeros((len(REGIONS), *image.shape[1:]), dtype=bool)
+    regions = np.zeros((len(NESTED_REGION_KEYS), *image.shape[1:]), dtype=bool)
     if not np.any(image != 0):
         return regions
     box = brain_box(image)
@@ -331,7 +120,7 @@ def validation_regions(
     probabilities = predict_regions(
         [network],
         crop,
-        output_channels=REGIONS,
+        output_channels=NESTED_REGION_KEYS,
         tta=False,
         roi_size=choose_roi(crop.shape[1:]),
         device=device,
@@ -376,41 +165,6 @@ def compact_loader(cache_dir: Path | None, factor: int) -> CaseLoader:
     return load
 
 
-def _resolve_cases(config: TrainConfig) -> list[BratsCase]:
-    found = [find_case(folder) for folder in config.cases]
-    for root in config.data_roots:
-        found.extend(find_cases(root, require_label=True))
-    # A case named twice (a folder and its root) would be trained twice per epoch.
-    by_folder = {case.folder.resolve(): case for case in reversed(found)}
-    cases = [case for case in found if by_folder[case.folder.resolve()] is case]
-    unlabelled = [case.case_id for case in cases if case.label is None]
-    if unlabelled:
-        raise TrainingError(f"training cases without a label map: {unlabelled}")
-    if not cases:
-        raise TrainingError(f"no labelled cases found under {list(config.data_roots)}")
-    return cases
-
-
-def _select_device(config: TrainConfig) -> torch.device:
-    if config.device is not None:
-        try:
-            device = torch.device(config.device)
-        except RuntimeError as exc:
-            raise TrainingError(
-                f"unknown device {config.device!r}: use cpu, cuda or cuda:N"
-            ) from exc
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise TrainingError(f"device {config.device} asked for, but CUDA is not available")
-        return device
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or not config.amp:
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 LoadedCase = tuple[np.ndarray, np.ndarray | None]
 """(normalised image (C, X, Y, Z), regions (3, X, Y, Z) or None)."""
 CaseLoader = Callable[[BratsCase, Sequence[str]], LoadedCase]
@@ -442,80 +196,6 @@ class _CaseStore:
         return loaded
 
 
-def _save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
-    temporary = path.with_suffix(".tmp")
-    torch.save(state, temporary)
-    os.replace(temporary, path)  # a crash mid-write leaves the previous checkpoint intact
-
-
-def _write_log(path: Path, history: list[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(record) + "\n" for record in history))
-
-
-def _write_model_folder(
-    config: TrainConfig,
-    network: torch.nn.Module,
-    cases: Sequence[BratsCase],
-    history: list[dict[str, Any]],
-    val_ids: list[str],
-    init: dict[str, Any] | None = None,
-) -> tuple[Path, Path, Path, dict[str, Any]]:
-    model_dir = config.out_dir / MODEL_DIR_NAME
-    model_dir.mkdir(parents=True, exist_ok=True)
-    dtype = torch.float16 if config.fp16_weights else torch.float32
-    state = {
-        key: (value.to(dtype) if value.is_floating_point() else value).detach().cpu().contiguous()
-        for key, value in network.state_dict().items()
-    }
-    weights_path = model_dir / "model.pt"
-    _save_checkpoint(weights_path, state)  # atomic: never a half-written model.pt
-    digest = hashlib.sha256(weights_path.read_bytes()).hexdigest()
-    last = history[-1] if history else {}
-    train_ids = [case.case_id for case in cases]
-    metrics: dict[str, Any] = {
-        "epochs": len(history),
-        "steps": int(sum(record["steps"] for record in history)),
-        "train_seconds": float(sum(record["seconds"] for record in history)),
-        "final_loss": {key: last[key] for key in ("dice", "l2", "kl", "total") if key in last},
-        "crop": list(config.crop),
-        "seed": config.seed,
-        "batch_size": config.batch_size,
-        "bce_weight": config.bce_weight,
-        "recipe": config.recipe,
-    }
-    if val_ids:
-        metrics["validation"] = {
-            "cases": val_ids,
-            "overlaps_training": bool(set(val_ids) & set(train_ids)),
-            **{region: last.get(f"val_dice_{region}") for region in REGIONS},
-            "by_case": last.get("val_by_case"),
-        }
-    description = f"{len(train_ids)} case(s): {', '.join(train_ids)}"
-    if init is not None:
-        metrics["init_weights"] = {
-            key: init[key] for key in ("model_id", "weights_sha256", "loaded", "missing")
-        } | {"unexpected": init["unexpected"]}
-        description += (
-            f"; fine-tuned from model {init['model_id']} (weights sha256 {init['weights_sha256']})"
-        )
-    manifest = ModelManifest(
-        id=config.model_id
-        or f"segresnet{'vae' if config.vae else ''}-{config.init_filters}f-trained",
-        name=f"{config.architecture().name} trained by segnode "
-        f"({'recipe ' + config.recipe if config.recipe else 'Myronenko 2018 recipe'})",
-        version=config.model_version,
-        architecture=config.architecture(),
-        preprocessing={**DEFAULT_PREPROCESSING, "spacing_mm": config.spacing_mm},
-        input_channels=config.channel_order,
-        weights_sha256=digest,
-        weights_dtype="float16" if config.fp16_weights else "float32",
-        training_data=f"{description}. {config.training_data_note}".strip(),
-        metrics=metrics,
-    )
-    manifest.write(model_dir)
-    return model_dir, weights_path, model_dir / MANIFEST_FILE, metrics
-
-
 def train(
     config: TrainConfig,
     progress: Callable[[StepReport], None] | None = None,
@@ -540,7 +220,7 @@ def train(
         raise TrainingError(
             f"{config.out_dir} already holds a training run; resume it or pick another --out"
         )
-    cases = _resolve_cases(config)
+    cases = config.training_cases()
     if loader is None:
         use_compact = config.cache_dir is not None or config.spacing_factor != 1
         loader = compact_loader(config.cache_dir, config.spacing_factor) if use_compact else load_case
@@ -548,7 +228,7 @@ def train(
     store = _CaseStore(cases, config.channel_order, cache, loader)
     val_cases = [find_case(folder) for folder in config.val_cases]
     val_store = _CaseStore(val_cases, config.channel_order, cache, loader)
-    device = _select_device(config)
+    device = select_device(config.device)
     config.out_dir.mkdir(parents=True, exist_ok=True)
     # Must precede the first cuBLAS call for deterministic CUDA matmuls.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -567,7 +247,7 @@ def train(
             log.info("epoch finished", extra={"epoch": epoch + 1, "record": run.history[-1]})
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
-    model_dir, weights_path, manifest_path, metrics = _write_model_folder(
+    model_dir, weights_path, manifest_path, metrics = write_model_folder(
         config, run.network, cases, run.history, [case.case_id for case in val_cases], run.init
     )
     return TrainResult(
@@ -589,7 +269,7 @@ class _Run:
 
     def __init__(self, config: TrainConfig, device: torch.device) -> None:
         self.config, self.device = config, device
-        self.amp_dtype = _amp_dtype(config, device)
+        self.amp_dtype = autocast_dtype(device) if config.amp else None
         self.memory_format = (
             torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
         )
@@ -604,7 +284,7 @@ class _Run:
             self.init = load_initial_weights(
                 network, config.init_weights, config.channel_order
             ).as_dict()
-            (config.out_dir / INIT_REPORT_NAME).write_text(json.dumps(self.init, indent=2) + "\n")
+            write_init_report(config.out_dir, self.init)
         network = network.to(device)
         # Module.to takes memory_format at run time; torch's stubs omit it.
         self.network = network.to(memory_format=self.memory_format)  # type: ignore[call-overload]
@@ -618,24 +298,12 @@ class _Run:
             self._restore()
 
     def _restore(self) -> None:
-        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
-        if state["architecture"] != self.config.architecture().model_dump_json():
-            raise TrainingError(
-                f"{self.checkpoint_path} was trained with another architecture: "
-                f"{state['architecture']}; resume with the same --filters/--crop/--vae"
-            )
-        self.network.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.rng.bit_generator.state = state["numpy_rng"]
-        torch.set_rng_state(state["torch_rng"].cpu())
-        if self.device.type == "cuda" and state["cuda_rng"]:
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
-        self.history, self.start_epoch = list(state["history"]), int(state["epoch"])
-        self.init = state.get("init_weights")
+        self.history, self.start_epoch, self.init = restore_run(
+            self.checkpoint_path, self, architecture=self.config.architecture().model_dump_json()
+        )
         if self.config.init_weights is not None:
             log.info("resuming: --init-weights ignored, the checkpoint's weights continue")
-        _write_log(self.log_path, self.history)  # drop any line written after the checkpoint
+        write_log(self.log_path, self.history)  # drop any line written after the checkpoint
 
     def train_epoch(
         self, epoch: int, store: _CaseStore, progress: Callable[[StepReport], None] | None
@@ -698,7 +366,7 @@ class _Run:
         (``val_by_case``: a training case and a held-out one tell different stories), and the
         seconds it took."""
         started = time.monotonic()
-        scores: dict[str, list[float]] = {region: [] for region in REGIONS}
+        scores: dict[str, list[float]] = {region: [] for region in NESTED_REGION_KEYS}
         by_case: dict[str, dict[str, float]] = {}
         for index, case in enumerate(store.cases):
             image, regions = store.get(index)
@@ -707,7 +375,7 @@ class _Run:
             # On a coarse grid the targets are fractions: a voxel belongs to a region when most
             # of its block does (an approximation of the 1 mm score the CV reports).
             predicted = validation_regions(self.network, image, self.device, self.amp_dtype)
-            for channel, region in enumerate(REGIONS):
+            for channel, region in enumerate(NESTED_REGION_KEYS):
                 value = dice_score(predicted[channel], regions[channel] >= 0.5)
                 scores[region].append(value)
                 by_case.setdefault(case.case_id, {})[region] = value
@@ -718,21 +386,12 @@ class _Run:
 
     def save_checkpoint(self, epochs_done: int) -> None:
         """Everything needed to continue exactly here; then the log line (log never leads)."""
-        _save_checkpoint(
+        save_run(
             self.checkpoint_path,
-            {
-                "format": CHECKPOINT_FORMAT,
-                "epoch": epochs_done,
-                "model": self.network.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "numpy_rng": self.rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
-                "architecture": self.config.architecture().model_dump_json(),
-                "history": self.history,
-                "init_weights": self.init,
-            },
+            self,
+            epochs_done=epochs_done,
+            architecture=self.config.architecture().model_dump_json(),
+            history=self.history,
+            init=self.init,
         )
-        with self.log_path.open("a") as handle:
-            handle.write(json.dumps(self.history[-1]) + "\n")
+        append_log(self.log_path, self.history[-1])

@@ -9,7 +9,13 @@ import pytest
 from typer.testing import CliRunner
 
 from segnode.config.errors import ConfigError
-from segnode.config.settings import DEFAULT_CONFIG_PATH, Settings, load_settings
+from segnode.config.settings import (
+    DEFAULT_CONFIG_PATH,
+    DimseDestination,
+    Settings,
+    StowDestination,
+    load_settings,
+)
 from segnode.node.cli import app
 
 
@@ -22,7 +28,10 @@ def test_default_file_equals_model_defaults_except_the_shipped_rules() -> None:
 
 def test_every_option_in_the_model_is_documented_in_the_default_file() -> None:
     text = DEFAULT_CONFIG_PATH.read_text()
-    for section in ("listener", "storage", "selection", "preprocessing", "model", "logging"):
+    for section in (
+        "listener", "storage", "selection", "preprocessing", "model", "result_series", "delivery",
+        "jobs", "logging",
+    ):
         model = getattr(Settings(), section)
         for key in type(model).model_fields:
             documented = f"\n{key} = " in text or f"[{section}.{key}]" in text
@@ -53,7 +62,8 @@ def test_environment_overrides_file_and_cli_overrides_environment(monkeypatch: p
         ("[[routing.rules]]\nname='x'\nall_of=[{tag='NotAKeyword', equals='MR'}]\n", "'NotAKeyword' is not a DICOM keyword"),
         ("[[routing.rules]]\nname='x'\nall_of=[{tag='Modality', equals='MR', present=true}]\n", "exactly one of"),
         ("[[routing.rules]]\nname='x'\ncompletion='nope'\n", "completion profile 'nope' is not defined"),
-        ("[completion.profiles.default]\nrequired_series=['t1', 'dwi']\n", "['dwi'], which are not in role_patterns"),
+        ("[completion.profiles.default]\nrequired_series=['t1', 'dwi']\n",
+         "completion.profiles.default.required_series.1: Input should be 't1', 't1c', 't2' or 'flair'"),
         ("[listener\nport = 1\n", "not valid TOML"),
     ],
 )
@@ -84,7 +94,7 @@ def test_default_file_is_valid_toml_with_documented_sections() -> None:
     data = tomllib.loads(DEFAULT_CONFIG_PATH.read_text())
     assert set(data) == {
         "listener", "storage", "completion", "routing", "selection", "preprocessing", "model",
-        "outputs", "delivery", "jobs", "logging",
+        "result_series", "delivery", "jobs", "logging",
     }
 
 
@@ -93,6 +103,81 @@ def test_destination_without_address_names_the_destination(tmp_path: Path) -> No
     path.write_text('[[delivery.destinations]]\nname = "pacs"\nae_title = "PACS"\n')
     with pytest.raises(ConfigError, match="destination 'pacs': dimse needs ae_title, host and port"):
         load_settings(path)
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        # protocol left out: dimse, which needs ae_title, host and port.
+        ('name = "pacs"\nae_title = "PACS"\nport = 104\n',
+         "delivery.destinations.0.host: destination 'pacs': dimse needs ae_title, host and port"),
+        ('name = "pacs"\nprotocol = "dimse"\nhost = "pacs"\nport = 104\n',
+         "delivery.destinations.0.ae_title: destination 'pacs': dimse needs"),
+        ('name = "web"\nprotocol = "stow-rs"\n',
+         "delivery.destinations.0.url: destination 'web': stow-rs needs url (url is missing)"),
+        # Each protocol takes only its own keys.
+        ('name = "web"\nprotocol = "stow-rs"\nurl = "http://pacs/dicom-web/studies"\nae_title = "PACS"\n',
+         "delivery.destinations.0.ae_title: not an option of a stow-rs destination"),
+        ('name = "x"\nprotocol = "ftp"\n', "does not match any of the expected tags: 'dimse', 'stow-rs'"),
+        ('name = "pacs"\nae_title = "PACS"\nhost = "pacs"\nport = 104\nsend = []\n',
+         "destination 'pacs': send lists nothing"),
+    ],
+)
+def test_destination_errors_name_the_key(tmp_path: Path, toml: str, expected: str) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text(f"[[delivery.destinations]]\n{toml}")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert expected in str(caught.value)
+
+
+def test_destinations_are_typed_by_protocol_and_call_as_the_listener(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text(
+        '[listener]\nae_title = "SITE_NODE"\n'
+        '[[delivery.destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "pacs"\nport = 104\n'
+        '[[delivery.destinations]]\nname = "own"\nae_title = "PACS"\nhost = "pacs"\nport = 104\n'
+        'calling_ae = "OWN_TITLE"\n'
+        '[[delivery.destinations]]\nname = "web"\nprotocol = "stow-rs"\nurl = "http://pacs/dicom-web/studies"\n'
+    )
+    pacs, own, web = load_settings(path).delivery.destinations
+    assert isinstance(pacs, DimseDestination) and pacs.calling_ae == "SITE_NODE"
+    assert isinstance(own, DimseDestination) and own.calling_ae == "OWN_TITLE"
+    assert isinstance(web, StowDestination) and web.url.endswith("/studies")
+    # The calling AE follows the effective listener title, wherever it was set.
+    monkeypatch.setenv("SEGNODE__LISTENER__AE_TITLE", "FROM_ENV")
+    pacs = load_settings(path).delivery.destinations[0]
+    assert isinstance(pacs, DimseDestination) and pacs.calling_ae == "FROM_ENV"
+    overridden = load_settings(path, overrides={"listener": {"ae_title": "FROM_CLI"}})
+    assert overridden.delivery.destinations[0].model_dump()["calling_ae"] == "FROM_CLI"
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        ("[outputs]\nseg_series_number = 42\n", "outputs: this section is now [result_series]"),
+        ("[completion.role_patterns]\nt1c = 'post'\n",
+         "completion.role_patterns: removed: required_series is checked with sequence "
+         "identification, whose description patterns are [selection.role_patterns]"),
+    ],
+)
+def test_a_replaced_option_says_what_replaced_it(tmp_path: Path, toml: str, expected: str) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert expected in str(caught.value)
+    assert "unknown option" not in str(caught.value)
+
+
+def test_result_series_is_read_from_its_section(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text("[result_series]\nseg_series_number = 42\n")
+    settings = load_settings(path)
+    assert settings.result_series.seg_series_number == 42
+    assert settings.result_series.sr_series_number == 9902  # from the shipped defaults
 
 
 def test_site_file_is_layered_over_the_defaults(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import pydicom
 import pytest
 from pydicom.sr.codedict import codes
 
-from segnode.config.settings import Destination
+from segnode.config.settings import DimseDestination, StowDestination
 from segnode.node.delivery.dispatch import (
     PermanentDeliveryError,
     TransientDeliveryError,
@@ -93,10 +93,10 @@ def _values_without_group_lengths(data: bytes | Path) -> pydicom.Dataset:
 # --- Orthanc, C-STORE -------------------------------------------------------------------
 
 
-def _dimse(orthanc: Orthanc, **changes: object) -> Destination:
+def _dimse(orthanc: Orthanc, **changes: object) -> DimseDestination:
     values: dict[str, object] = {"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1",
                                  "port": orthanc.dicom_port, "calling_ae": "SEGNODE", "timeout_s": 5}
-    return Destination.model_validate({**values, **changes})
+    return DimseDestination.model_validate({**values, **changes})
 
 
 def _pacs(folder: Path) -> Orthanc:
@@ -168,8 +168,8 @@ def test_wrong_called_ae_is_rejected_permanently(orthanc: Orthanc, results: list
 # --- Orthanc, DICOMweb STOW-RS (orthanc-dicomweb plugin) --------------------------------
 
 
-def _stow(url: str) -> Destination:
-    return Destination(name="web", protocol="stow-rs", url=url, timeout_s=10)
+def _stow(url: str) -> StowDestination:
+    return StowDestination(name="web", url=url, timeout_s=10)
 
 
 @pytest.mark.orthanc

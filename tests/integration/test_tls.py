@@ -22,7 +22,7 @@ from typing import Any
 import pydicom
 import pytest
 
-from segnode.config.settings import Destination
+from segnode.config.settings import DimseDestination
 from segnode.node.delivery.dimse.contexts import read_headers
 from segnode.node.delivery.dimse.scu import open_association
 from segnode.node.delivery.dispatch import (
@@ -74,7 +74,7 @@ def _tls_storescp_options(pki: TlsCerts, peer_auth: str) -> tuple[str, ...]:
     return ("+tls", str(pki.server_key), str(pki.server_cert), "-pw", "+cf", str(pki.ca_cert), peer_auth)
 
 
-def _tls(peer: Storescp, **tls: Any) -> Destination:
+def _tls(peer: Storescp, **tls: Any) -> DimseDestination:
     host = tls.pop("host", "127.0.0.1")
     return peer.destination(host=host, tls={"enabled": True, **tls})
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from segnode.config.settings import CompletionPolicy, CompletionSettings, DeadlineAction
+from segnode.config.settings import CompletionPolicy, DeadlineAction, SelectionSettings
 from segnode.node.completion.rule import SeriesTiming, StudySnapshot, Verdict, decide, series_roles
+from segnode.pipeline.sequence_facts import SequenceFacts, facts_from_attributes
 
 T0 = datetime(2026, 11, 21, 12, 0, 0, tzinfo=UTC)
-ROLES = CompletionSettings().role_patterns
+SELECTION = SelectionSettings()
 
 
 def at(seconds: float) -> datetime:
@@ -91,9 +93,16 @@ def test_deadline_forces_a_study_that_never_goes_quiet() -> None:
     assert decide(study, policy, at(600)).verdict is Verdict.FIRE
 
 
+def _series(uid: str, images: int = 20, **attributes: Any) -> SequenceFacts:
+    """A series as the completion monitor sees it: the captured header attributes."""
+    return facts_from_attributes(uid, {"Modality": "MR", **attributes}, images)
+
+
 def test_series_roles_from_descriptions() -> None:
+    """Without physics tags the words decide, as in the select step ([selection] patterns)."""
+
     def roles(description: str) -> set[str]:
-        return set(series_roles({"SeriesDescription": description}, ROLES))
+        return set(series_roles([_series("1", SeriesDescription=description)], SELECTION)["1"])
 
     assert roles("T1_AX_SE") == {"t1"}
     assert roles("MRHR_T1_AX_POST_GAD_SE") == {"t1c"}
@@ -101,3 +110,32 @@ def test_series_roles_from_descriptions() -> None:
     assert roles("MRHR_T2_AX_SE") == {"t2"}
     assert roles("MRHR_FLAIR_AX_SE_IR") == {"flair"}
     assert roles("localizer") == set()
+
+
+def test_series_roles_are_the_select_steps_roles() -> None:
+    """Physics first, contrast by evidence, the study as a whole: one recogniser for both."""
+    study = [
+        _series("t1", RepetitionTime="450", EchoTime="9", SeriesDescription="ax se", SeriesTime="100000"),
+        _series("t1c", RepetitionTime="450", EchoTime="9", SeriesDescription="ax se", SeriesTime="101000",
+                ContrastBolusAgent="Gadovist"),
+        # No contrast tag and no words: T1c only because it follows a post-contrast series.
+        _series("late", RepetitionTime="2000", EchoTime="3", InversionTime="900", SeriesTime="102000",
+                SeriesDescription="sag 3d"),
+        _series("t2", RepetitionTime="4000", EchoTime="100", SeriesDescription="t1 by mistake"),
+        _series("flair", RepetitionTime="9000", EchoTime="120", InversionTime="2500", ScanningSequence="SE\\IR"),
+        _series("dwi", RepetitionTime="5000", EchoTime="90", ScanningSequence="EP", SeriesDescription="t2"),
+        _series("partial", images=5, RepetitionTime="4000", EchoTime="100"),  # still arriving
+    ]
+    assert series_roles(study, SELECTION) == {
+        "t1": {"t1"}, "t1c": {"t1c"}, "late": {"t1c"}, "t2": {"t2"}, "flair": {"flair"},
+        "dwi": set(), "partial": set(),
+    }
+
+
+def test_a_t1_without_contrast_evidence_never_satisfies_t1c() -> None:
+    policy = POLICY.model_copy(update={"required_series": ["t1", "t1c"]})
+    roles = series_roles([_series("a", RepetitionTime="450", EchoTime="9"),
+                          _series("b", RepetitionTime="460", EchoTime="9", SeriesTime="2")], SELECTION)
+    study = snapshot({"a": 0, "b": 0}, roles={uid: set(found) for uid, found in roles.items()})
+    decision = decide(study, policy, at(61))
+    assert decision.verdict is Verdict.WAIT and decision.missing_roles == ("t1c",)

@@ -156,7 +156,8 @@ def test_required_series_and_discard_deadline(make_settings) -> None:
     profile = {"required_series": ["t1", "t1c", "t2", "flair"], "deadline_s": 300.0,
                "deadline_action": "discard"}
     h = harness(make_settings, completion={"profiles": {"default": profile}})
-    h.receive_folder("siemens_prisma_E11_t1_fl2d_sag_HFS")  # t1_fl2d_sag: only a T1
+    # t1_fl2d_sag: only a T1, and a volume (selection.min_images) once 10 of its images are in.
+    h.receive_folder("siemens_prisma_E11_t1_fl2d_sag_HFS", limit=10)
     assert h.tick_after(100) == []
     [outcome] = h.tick_after(301)
     assert outcome.new_state == "discarded"

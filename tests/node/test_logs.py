@@ -188,6 +188,26 @@ def test_own_records_pass_but_exception_messages_do_not(
     assert "test_logs.py" in failed["exception"]  # the frames stay
 
 
+def test_log_context_nests_and_ends_with_its_block(
+    node_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A job's fields never outlive the job: the worker pool carries them as a copy."""
+    job_log = logging.getLogger("segnode.node.jobs.runner")
+    with logs.log_context(job_id=7):
+        with logs.log_context(step="inferring"):
+            snapshot = logs.current_log_context()
+            job_log.info("inside")
+        job_log.info("after the step")
+    job_log.info("after the job")
+    snapshot["job_id"] = 8  # a copy: changing it changes nothing
+
+    inside, after_step, after_job = _json_lines(capsys.readouterr().err)
+    assert snapshot == {"job_id": 8, "step": "inferring"}
+    assert (inside["job_id"], inside["step"]) == (7, "inferring")
+    assert after_step["job_id"] == 7 and "step" not in after_step
+    assert "job_id" not in after_job and logs.current_log_context() == {}
+
+
 def test_uncaught_exception_in_a_thread_is_a_json_line(
     node_logging: None, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -113,6 +113,32 @@ def test_predict_2023_labels_with_a_window_on_2023_names(tmp_path: Path) -> None
     assert set(np.unique(np.asarray(written.dataobj)).tolist()) <= {0, 1, 2, 3}
 
 
+def test_predict_reads_model_settings_from_the_config_and_takes_a_device(tmp_path: Path) -> None:
+    """``[model]`` of ``--config`` decides TTA and post-processing, an option overrides it."""
+    _synthetic_case(tmp_path / "case")
+    write_model_folder(tmp_path / "model")
+    config = tmp_path / "site.toml"
+    config.write_text("[model]\ntta = false\net_min_voxels = 0\nmin_component_voxels = 7\n")
+    arguments = ["predict", str(tmp_path / "case"), "--model", str(tmp_path / "model")]
+    arguments += ["--config", str(config), "--device", "cpu"]
+
+    result = CliRunner().invoke(_app(), [*arguments, "--out", str(tmp_path / "a.nii.gz")])
+    assert result.exit_code == 0, result.output
+    assert "TTA off" in result.output and ", cpu, " in result.output
+    assert "smaller than 7 voxels" in result.output
+
+    again = CliRunner().invoke(
+        _app(), [*arguments, "--tta", "--min-component-voxels", "0", "--out", str(tmp_path / "b.nii.gz")]
+    )
+    assert again.exit_code == 0, again.output
+    assert "TTA on" in again.output and "smaller than" not in again.output
+
+    bad = CliRunner().invoke(
+        _app(), [*arguments, "--device", "tpu", "--out", str(tmp_path / "c.nii.gz")]
+    )
+    assert bad.exit_code == 1 and "error:" in bad.output and "model.device" in bad.output
+
+
 def test_predict_refuses_corrupt_weights(tmp_path: Path) -> None:
     _synthetic_case(tmp_path / "case")
     manifest = write_model_folder(tmp_path / "model")

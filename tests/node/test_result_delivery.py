@@ -1,7 +1,7 @@
 """The sending step against real DCMTK peers: tracked per destination, never sent twice.
 
 The "results" are real MR files from ../shared/data standing in for a job's SEG: delivery
-sends whatever files the job's results.json names, so their content does not matter here
+sends whatever files the job's results.json (``Results``) names, so their content does not matter here
 (the SEG/SR themselves go to Orthanc in tests/integration/test_end_to_end.py).
 """
 
@@ -11,12 +11,14 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pydicom
 import pytest
 from sqlalchemy import select
 
 from segnode.config.settings import Settings
 from segnode.node.jobs.runner import JobRunner, job_workspace
 from segnode.node.service import open_storage
+from segnode.pipeline.workspace import RegionVolumes, ResultObject, Results
 from segnode.storage.job_states import JobState
 from segnode.storage.jobs import create_job
 from segnode.storage.models import Job, JobDelivery, JobEvent, Study, utc_now
@@ -51,11 +53,26 @@ def sending_job(settings: Settings, files: list[Path]) -> tuple[JobRunner, int]:
         job = create_job(session, study_id=study.id, trigger="test", routing_rule=None, series_ids=[], detail={})
         job.state = JobState.SENDING.value
         job_id = job.id
-    workspace = job_workspace(store, job_id)
-    workspace.write_json(
-        "results.json", {"objects": [{"kind": "seg", "path": str(path)} for path in files]}
+    job_workspace(store, job_id).write_results(
+        Results(
+            objects=tuple(written_object(path) for path in files),
+            volumes=RegionVolumes(voxel_volume_mm3=1.0, regions={}),
+            provenance={},
+        )
     )
     return JobRunner(settings, sessions, store), job_id
+
+
+def written_object(path: Path) -> ResultObject:
+    """A real file as the write step lists its objects (its own UIDs, listed as a SEG)."""
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    return ResultObject(
+        kind="seg",
+        path=path,
+        sop_class_uid=str(header.SOPClassUID),
+        sop_instance_uid=str(header.SOPInstanceUID),
+        series_instance_uid=str(header.SeriesInstanceUID),
+    )
 
 
 def test_each_destination_is_tracked_and_a_delivered_one_is_not_sent_again(

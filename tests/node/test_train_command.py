@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from segnode.node.cli import train as train_command
 from segnode.pipeline.model.manifest import ModelManifest
 from segnode.pipeline.training import trainer as training
+from segnode.pipeline.training.config import TrainConfig
 from tests.helpers import SHARED_DATA, require_data
 
 TCGA = SHARED_DATA / "nifti" / "TCGA-FG-6692_sri24_skullstripped"
@@ -30,9 +31,9 @@ def cli() -> typer.Typer:
 
 
 def test_options_map_onto_the_train_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[training.TrainConfig] = []
+    seen: list[TrainConfig] = []
 
-    def fake_train(config: training.TrainConfig, progress: object = None) -> training.TrainResult:
+    def fake_train(config: TrainConfig, progress: object = None) -> training.TrainResult:
         seen.append(config)
         return training.TrainResult(
             model_dir=config.out_dir / "model",
@@ -94,3 +95,41 @@ def test_a_real_one_step_run(tmp_path: Path) -> None:
     assert "loss=" in result.output and "epoch=1/1" in result.output
     assert f"model folder: {tmp_path / 'model'} (1 epochs)" in result.output
     assert ModelManifest.read(tmp_path / "model").architecture.vae_input_shape == (32, 32, 32)
+
+
+def test_init_weights_id_resolves_in_the_registry_of_the_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--init-weights ID`` looks in ``<--data-dir>/models``, not the default config's."""
+    from segnode.pipeline.model.registry import ModelRegistry
+    from tests.pipeline.model.tiny_model import write_model_folder
+
+    write_model_folder(tmp_path / "source")
+    ModelRegistry(tmp_path / "site" / "models").add_folder(tmp_path / "source")
+    seen: list[TrainConfig] = []
+
+    def fake_train(config: TrainConfig, progress: object = None) -> training.TrainResult:
+        seen.append(config)
+        return training.TrainResult(
+            model_dir=config.out_dir / "model",
+            weights_path=config.out_dir / "model" / "model.pt",
+            manifest_path=config.out_dir / "model" / "manifest.json",
+            checkpoint_path=config.out_dir / "checkpoint.pt",
+            log_path=config.out_dir / "train_log.jsonl",
+            first_epoch=1,
+            epochs_completed=1,
+            metrics={},
+        )
+
+    monkeypatch.setattr(training, "train", fake_train)
+    args = ["train", "--case", str(tmp_path / "a"), "--out-dir", str(tmp_path / "run")]
+    args += ["--init-weights", "tiny-random-test", "--data-dir", str(tmp_path / "site")]
+    args += ["--init-filters", "16", "--learning-rate", "0.001", "--quiet"]
+    result = CliRunner().invoke(cli(), args)
+    assert result.exit_code == 0, result.output
+    [config] = seen
+    assert config.init_weights == tmp_path / "site" / "models" / "tiny-random-test"
+    assert (config.init_filters, config.learning_rate) == (16, 0.001)
+
+    missing = CliRunner().invoke(cli(), [*args[:-5], "--data-dir", str(tmp_path / "empty")])
+    assert missing.exit_code == 1 and "no model 'tiny-random-test'" in missing.output

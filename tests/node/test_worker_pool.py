@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from segnode.config.settings import ModelSettings
 from segnode.node.jobs.worker_pool import StepTimeoutError, WorkerCrashedError, WorkerPool
 from segnode.pipeline.model.registry import ModelRegistry
 from segnode.pipeline.model.segmentation import SegmentationRequest, segment
@@ -27,8 +29,8 @@ def test_segmentation_runs_in_another_process(tmp_path: Path) -> None:
             300,
             segment,
             SegmentationRequest(
-                image=image, roles=("t1", "t1c", "t2", "flair"), model_ids=("tiny-random-test",),
-                data_dir=tmp_path / "data", tta=False, device="cpu",
+                image=image, roles=("t1", "t1c", "t2", "flair"), data_dir=tmp_path / "data",
+                model=ModelSettings(default="tiny-random-test", tta=False, device="cpu"),
             ),
         )
     finally:
@@ -83,8 +85,6 @@ def _log_like_a_step_reading_hostile_bytes() -> int:
 
 
 def test_workers_log_json_with_third_party_text_withheld(capfd: pytest.CaptureFixture[str]) -> None:
-    import json
-
     pool = WorkerPool(1, "INFO", "json")
     try:
         assert pool.run(60, _log_like_a_step_reading_hostile_bytes) != os.getpid()
@@ -95,3 +95,42 @@ def test_workers_log_json_with_third_party_text_withheld(capfd: pytest.CaptureFi
     assert "CANARY" not in err
     assert any(line.get("logger") == "segnode.pipeline.steps" for line in lines)
     assert sum("withheld" in line["message"] for line in lines) >= 2
+
+
+def _log_like_a_step() -> int:
+    import logging
+
+    step_log = logging.getLogger("segnode.pipeline.steps.select")
+    step_log.info("a step's progress")
+    step_log.warning("a step's warning", extra={"series": 3})
+    return os.getpid()
+
+
+def test_a_steps_lines_reach_the_nodes_stderr_with_the_callers_job_and_step(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """The worker inherits the node's stderr (fd 2) and the caller's log context.
+
+    ``capfd`` captures file descriptor 2 itself, which is where the node's handler
+    writes and what ``segnode serve``'s log (journal or file) is.
+    """
+    from segnode.node.logs import log_context
+
+    pool = WorkerPool(1, "INFO", "json")
+    try:
+        with log_context(job_id=42, step="selecting"):
+            worker_pid = pool.run(60, _log_like_a_step)
+        assert pool.run(60, _log_like_a_step) == worker_pid  # same worker, outside any context
+    finally:
+        pool.close()
+    assert worker_pid != os.getpid()
+    lines = [json.loads(line) for line in capfd.readouterr().err.splitlines() if line.strip()]
+    steps = [line for line in lines if line["logger"] == "segnode.pipeline.steps.select"]
+    assert [(line["level"], line["message"]) for line in steps] == [
+        ("INFO", "a step's progress"),
+        ("WARNING", "a step's warning"),
+    ] * 2
+    first, second = steps[:2], steps[2:]
+    assert all(line["job_id"] == 42 and line["step"] == "selecting" for line in first)
+    assert first[1]["series"] == 3
+    assert not any("job_id" in line or "step" in line for line in second)  # nothing left behind

@@ -13,14 +13,9 @@ import SimpleITK as sitk
 from segnode.config.settings import PreprocessingSettings
 from segnode.pipeline.brain_extraction import extract_brain
 from segnode.pipeline.conversion import ConvertedVolume, convert_series
-from segnode.pipeline.preprocessing import (
-    CHANNEL_ORDER,
-    PreprocessedStudy,
-    labels_to_source,
-    preprocess,
-)
+from segnode.pipeline.preprocessing import PreprocessedStudy, labels_to_source, preprocess
 from segnode.pipeline.registration import register_rigid, resample_onto
-from segnode.pipeline.selection import Role
+from segnode.vocabulary import CHANNEL_ORDER, Role
 from tests.helpers import SHARED_DATA, require_data, require_shared_data
 
 SRI24_CASE = SHARED_DATA / "nifti" / "TCGA-FG-6692_sri24_skullstripped"

@@ -12,8 +12,9 @@ from segnode.config.settings import SelectionSettings
 from segnode.node.cli import app
 from segnode.node.cli.study_folder import read_study_folder
 from segnode.pipeline.errors import SelectionError
-from segnode.pipeline.selection import Role, identify_sequences, require_roles
+from segnode.pipeline.selection import identify_sequences, require_roles
 from segnode.pipeline.sequence_facts import SequenceFacts, facts_from_attributes
+from segnode.vocabulary import Role
 from tests.helpers import require_shared_data
 
 SETTINGS = SelectionSettings()

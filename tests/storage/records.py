@@ -1,10 +1,14 @@
-"""Instance records for storage tests (no DICOM needed to exercise the database)."""
+"""Instance records and jobs in a given state for storage tests (no DICOM, no pipeline)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from segnode.storage.ingest import InstanceRecord
+from sqlalchemy.orm import Session
+
+from segnode.storage.instances import InstanceRecord
+from segnode.storage.job_states import MACHINE, JobState
+from segnode.storage.jobs import advance_job, cancel_job, fail_job
 
 
 def instance_record(sop: str, series: str = "1.2.3.1", study: str = "1.2.3", when: datetime | None = None) -> InstanceRecord:
@@ -26,3 +30,17 @@ def instance_record(sop: str, series: str = "1.2.3.1", study: str = "1.2.3", whe
         association_id=None,
         received_at=when or datetime.now(UTC),
     )
+
+
+def put_job_in(session: Session, job_id: int, state: JobState) -> None:
+    """Drive a ``received`` job to ``state`` the way the runner and the operator would."""
+    for row in MACHINE:
+        if row.state is state:
+            return
+        if state in (JobState.FAILED, JobState.CANCELLED) and row.state is JobState.SELECTING:
+            break  # fail or cancel it half way along the path
+        assert advance_job(session, job_id, row.state, row.next, {}, None)
+    if state is JobState.FAILED:
+        assert fail_job(session, job_id, JobState.SELECTING, "selecting: test failure", None)
+    elif state is JobState.CANCELLED:
+        cancel_job(session, job_id, "test")

@@ -18,7 +18,7 @@ from segnode.storage.database import (
     upgrade_to_head,
 )
 from segnode.storage.errors import DatabaseSchemaError
-from segnode.storage.ingest import record_instance
+from segnode.storage.instances import record_instance
 from segnode.storage.jobs import append_job_event, create_job
 from segnode.storage.models import Instance, JobEvent, Series, Study, StudyState
 from tests.storage.records import instance_record as _record

@@ -11,26 +11,18 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pydicom
 from pynetdicom import AE
-from sqlalchemy import event, select
+from sqlalchemy import event
 
 from segnode.config.settings import Settings
 from segnode.node.service import Node, open_storage
-from segnode.storage.database import create_db_engine, make_session_factory, upgrade_to_head
 from segnode.storage.filestore import FileStore
-from segnode.storage.ingest import InstanceRecord, open_association, record_instances
-from segnode.storage.models import Association, AssociationOutcome
-from segnode.storage.reconcile import (
-    NO_RESPONSE_STATUS,
-    ORPHAN_REASON,
-    end_open_associations,
-    reconcile_storage,
-)
+from segnode.storage.instances import InstanceRecord, record_instances
+from segnode.storage.reconcile import NO_RESPONSE_STATUS, ORPHAN_REASON, reconcile_storage
 from tests.helpers import require_shared_data
 from tests.storage.records import instance_record
 
@@ -129,40 +121,4 @@ def test_large_store_is_reconciled_with_one_walk_and_one_query(
     assert (report.orphans_quarantined, report.missing_files) == (0, 0)
     assert sum("FROM instances" in sql for sql in statements) == 1
     assert elapsed_s < 5, f"3000 files took {elapsed_s:.1f} s"
-    engine.dispose()
-
-
-def test_end_open_associations_ends_only_open_rows(database_url: str) -> None:
-    engine = create_db_engine(database_url)
-    upgrade_to_head(engine)
-    sessions = make_session_factory(engine)
-    with sessions.begin() as session:
-        for association_id in ("open-1", "open-2"):
-            open_association(
-                session,
-                association_id,
-                calling_ae="PACS",
-                called_ae="SEGNODE",
-                peer_address="127.0.0.1",
-                peer_port=104,
-            )
-    with sessions.begin() as session:
-        record_instances(session, [replace(_record(0), association_id="open-1")])
-        session.execute(
-            Association.__table__.update()  # type: ignore[attr-defined]
-            .where(Association.id == "open-2")
-            .values(outcome=AssociationOutcome.RELEASED, ended_at=datetime.now(UTC))
-        )
-    with sessions.begin() as session:
-        assert end_open_associations(session) == 1
-    with sessions.begin() as session:
-        assert end_open_associations(session) == 0
-        rows = {
-            row.id: (row.outcome, row.instances_stored)
-            for row in session.execute(
-                select(Association.id, Association.outcome, Association.instances_stored)
-            )
-        }
-    # The listener's count died with it: the instance rows give the stored count.
-    assert rows == {"open-1": ("interrupted", 1), "open-2": ("released", 0)}
     engine.dispose()

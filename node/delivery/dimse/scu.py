@@ -46,7 +46,7 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 
-from segnode.config.settings import Destination, ListenerSettings
+from segnode.config.settings import DimseDestination
 from segnode.node.delivery.dimse.contexts import (
     MAX_PRESENTATION_CONTEXTS,
     FileHeader,
@@ -71,7 +71,7 @@ _CALLING_AE_NOT_RECOGNIZED = 3
 _CALLED_AE_NOT_RECOGNIZED = 7
 
 
-def rejection_error(destination: Destination, rejection: A_ASSOCIATE) -> DeliveryError:
+def rejection_error(destination: DimseDestination, rejection: A_ASSOCIATE) -> DeliveryError:
     """The error for an A-ASSOCIATE-RJ, naming which AE title was not recognised."""
     where = f"{destination.ae_title}@{destination.host}:{destination.port}"
     reason = rejection.reason_str
@@ -98,7 +98,7 @@ def rejection_error(destination: Destination, rejection: A_ASSOCIATE) -> Deliver
     )
 
 
-def tls_error(destination: Destination, error: OSError, *, handshake: bool) -> DeliveryError:
+def tls_error(destination: DimseDestination, error: OSError, *, handshake: bool) -> DeliveryError:
     """The error for a failed TLS handshake, or a TLS alert on the first read.
 
     Permanent but for a connection closed mid-handshake: a certificate one side
@@ -146,7 +146,7 @@ def tls_error(destination: Destination, error: OSError, *, handshake: bool) -> D
 
 
 def _not_established_error(
-    destination: Destination, ae: NoDelayAE, assoc: Association, watch: PeerWatch, started: float
+    destination: DimseDestination, ae: NoDelayAE, assoc: Association, watch: PeerWatch, started: float
 ) -> DeliveryError:
     where = f"{destination.host}:{destination.port}"
     tcp_socket = ae.last_socket.tcp_socket if ae.last_socket is not None else None
@@ -199,7 +199,7 @@ def _not_established_error(
 
 
 def _no_response_error(
-    destination: Destination,
+    destination: DimseDestination,
     watch: PeerWatch,
     position: str,
     delivered: tuple[str, ...],
@@ -229,7 +229,7 @@ def _no_response_error(
 
 
 def open_association(
-    destination: Destination, headers: Sequence[FileHeader]
+    destination: DimseDestination, headers: Sequence[FileHeader]
 ) -> tuple[Association, PeerWatch]:
     """Associate with the destination, proposing the files' contexts.
 
@@ -240,10 +240,6 @@ def open_association(
         TransientDeliveryError: unreachable, rejected transiently, timed out, aborted.
         PermanentDeliveryError: rejected permanently, or no context accepted.
     """
-    if destination.host is None or destination.port is None or destination.ae_title is None:
-        raise PermanentDeliveryError(
-            destination.name, "a dimse destination needs ae_title, host and port", cause="config"
-        )
     contexts = requested_contexts(headers)
     if len(contexts) > MAX_PRESENTATION_CONTEXTS:
         raise PermanentDeliveryError(
@@ -258,8 +254,7 @@ def open_association(
         raise PermanentDeliveryError(
             destination.name, f"cannot load the TLS certificates or key: {exc}", cause="tls-config"
         ) from exc
-    # The job runner fills in listener.ae_title; a bare Destination calls as the default title.
-    ae = NoDelayAE(ae_title=destination.calling_ae or ListenerSettings().ae_title)
+    ae = NoDelayAE(ae_title=destination.calling_ae)
     ae.acse_timeout = destination.timeout_s
     ae.dimse_timeout = destination.timeout_s
     ae.network_timeout = destination.timeout_s
@@ -279,7 +274,7 @@ def open_association(
     return assoc, watch
 
 
-def send_dimse(destination: Destination, files: Sequence[Path]) -> DeliveryReceipt:
+def send_dimse(destination: DimseDestination, files: Sequence[Path]) -> DeliveryReceipt:
     """C-STORE every file to ``destination`` over one association (one attempt).
 
     Files are read with pydicom and sent as they are, with their file meta's

@@ -10,11 +10,14 @@ with a parenthesised abbreviation ("Tumor core (TC)") is tried whole, then by it
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import TypeVar
 
 from segnode.pipeline.model.errors import ChannelNameError
+from segnode.vocabulary import Region, Role
 
-INPUT_SPELLINGS: dict[str, frozenset[str]] = {
-    "flair": frozenset(
+INPUT_SPELLINGS: dict[Role, frozenset[str]] = {
+    Role.FLAIR: frozenset(
         {
             "flair",
             "t2flair",
@@ -26,7 +29,7 @@ INPUT_SPELLINGS: dict[str, frozenset[str]] = {
             "t2fluidattenuatedinversionrecovery",
         }
     ),
-    "t1": frozenset(
+    Role.T1: frozenset(
         {
             "t1",
             "t1w",
@@ -40,7 +43,7 @@ INPUT_SPELLINGS: dict[str, frozenset[str]] = {
             "t1weighted",
         }
     ),
-    "t1c": frozenset(
+    Role.T1C: frozenset(
         {
             "t1c",
             "t1ce",
@@ -63,14 +66,14 @@ INPUT_SPELLINGS: dict[str, frozenset[str]] = {
             "t1postgadolinium",
         }
     ),
-    "t2": frozenset({"t2", "t2w", "t2weighted"}),
+    Role.T2: frozenset({"t2", "t2w", "t2weighted"}),
 }
 """Accepted spellings per input role (after normalisation)."""
 
-REGION_SPELLINGS: dict[str, frozenset[str]] = {
-    "wt": frozenset({"wt", "wholetumor", "completetumor"}),
-    "tc": frozenset({"tc", "tumorcore"}),
-    "et": frozenset({"et", "enhancingtumor", "gdenhancingtumor", "activetumor"}),
+REGION_SPELLINGS: dict[Region, frozenset[str]] = {
+    Region.WT: frozenset({"wt", "wholetumor", "completetumor"}),
+    Region.TC: frozenset({"tc", "tumorcore"}),
+    Region.ET: frozenset({"et", "enhancingtumor", "gdenhancingtumor", "activetumor"}),
 }
 """Accepted spellings per nested output region (after normalisation)."""
 
@@ -89,7 +92,10 @@ def _candidates(name: str) -> list[str]:
     return [normalise_channel_name(part) for part in (outside, *inside) if part.strip()]
 
 
-def _lookup(name: str, table: dict[str, frozenset[str]]) -> str | None:
+_Target = TypeVar("_Target", Role, Region)
+
+
+def _lookup(name: str, table: Mapping[_Target, frozenset[str]]) -> _Target | None:
     for candidate in _candidates(name):
         for target, spellings in table.items():
             if candidate in spellings:
@@ -97,8 +103,15 @@ def _lookup(name: str, table: dict[str, frozenset[str]]) -> str | None:
     return None
 
 
-def _spellings_hint(table: dict[str, frozenset[str]]) -> str:
-    return "; ".join(f"{target}: {', '.join(sorted(names))}" for target, names in table.items())
+def _name(target: Role | Region) -> str:
+    """How manifests write a role (``t1c``) or a nested region (``wt``)."""
+    return target.key if isinstance(target, Region) else target.value
+
+
+def _spellings_hint(table: Mapping[Role, frozenset[str]] | Mapping[Region, frozenset[str]]) -> str:
+    return "; ".join(
+        f"{_name(target)}: {', '.join(sorted(names))}" for target, names in table.items()
+    )
 
 
 def input_role(name: str, *, where: str = "") -> str:
@@ -121,7 +134,7 @@ def input_role(name: str, *, where: str = "") -> str:
             f"{_spellings_hint(INPUT_SPELLINGS)}); pass the roles explicitly "
             f"(--input-channels) if the model really takes these sequences"
         )
-    return role
+    return role.value
 
 
 def output_region(name: str, *, where: str = "") -> str:
@@ -139,4 +152,4 @@ def output_region(name: str, *, where: str = "") -> str:
             f"punctuation: {_spellings_hint(REGION_SPELLINGS)}); this node runs models with "
             f"one sigmoid output per nested region"
         )
-    return region
+    return region.key

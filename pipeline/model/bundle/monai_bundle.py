@@ -38,10 +38,11 @@ from segnode.pipeline.model.errors import BundleImportError
 from segnode.pipeline.model.manifest import ModelManifest
 from segnode.pipeline.model.weights import (
     read_weights,
-    sha256_of_bytes,
+    sha256_hex,
     state_dict_bytes,
     weights_dtype,
 )
+from segnode.vocabulary import NESTED_REGION_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +283,10 @@ def read_monai_bundle(
             f"{where}: input channels {input_names} map to roles {list(roles)}; the network "
             f"takes {architecture.in_channels} channels, each a different sequence"
         )
-    if sorted(regions) != ["et", "tc", "wt"] or architecture.out_channels != 3:
+    if (
+        sorted(regions) != sorted(NESTED_REGION_KEYS)
+        or architecture.out_channels != len(NESTED_REGION_KEYS)
+    ):
         raise BundleImportError(
             f"{where}: output channels {output_names} map to {list(regions)} and the network "
             f"has {architecture.out_channels} outputs; segnode needs exactly wt, tc and et once"
@@ -299,7 +303,7 @@ def read_monai_bundle(
     if not bare:
         log.info(
             "bundle weights unwrapped to a bare state_dict",
-            extra={"bundle": name, "version": version, "bundle_sha256": sha256_of_bytes(data)},
+            extra={"bundle": name, "version": version, "bundle_sha256": sha256_hex(data)},
         )
         data = state_dict_bytes(state)
 
@@ -328,7 +332,7 @@ def read_monai_bundle(
                 "bundle_preprocessing": transforms,
             },
             weights_file=WEIGHTS.name,
-            weights_sha256=sha256_of_bytes(data),
+            weights_sha256=sha256_hex(data),
             weights_dtype=dtype,
             training_data=_training_data(metadata),
             metrics={"reported_by_bundle": dict(metrics)} if isinstance(metrics, Mapping) else {},

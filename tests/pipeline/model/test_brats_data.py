@@ -9,7 +9,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from segnode.pipeline.model.manifest import ROLES
 from segnode.pipeline.training.brats_data import (
     BratsCase,
     TrainingDataError,
@@ -19,6 +18,7 @@ from segnode.pipeline.training.brats_data import (
     load_case,
     normalise_nonzero,
 )
+from segnode.vocabulary import Role
 from tests.helpers import SHARED_DATA, require_data
 
 NIFTI = SHARED_DATA / "nifti"
@@ -96,7 +96,7 @@ def test_synthetic_brats_naming_schemes(
     labels = write_synthetic_case(tmp_path / "case-001", names, et_label)
     case = find_case(tmp_path / "case-001")
     assert case.case_id == "case-001"
-    for role in ROLES:
+    for role in Role:
         assert case.path(role).name == names[role]
     assert case.label is not None and case.label.name == names["seg"]
     image, regions = load_case(case, ("t1c", "t1", "t2", "flair"))

@@ -12,19 +12,14 @@ import pytest
 from scipy import ndimage
 
 from segnode.pipeline.errors import EvaluationError
-from segnode.pipeline.model.labels import (
-    REGIONS,
-    LabelConvention,
-    convert_labels,
-    detect_convention,
-    labels_to_regions,
-)
+from segnode.pipeline.model.labels import convert_labels, detect_convention, labels_to_regions
 from segnode.pipeline.training.evaluation import (
     BRATS_EMPTY_HD95_MM,
     case_id,
     evaluate_pair,
     evaluate_paths,
 )
+from segnode.vocabulary import NESTED_REGION_KEYS, LabelConvention
 from tests.helpers import SHARED_DATA, require_data
 
 TCGA = SHARED_DATA / "nifti" / "TCGA-FG-6692_sri24_skullstripped"
@@ -114,7 +109,7 @@ def test_one_empty_region_scores_dice_0_and_hd95_373() -> None:
     assert BRATS_EMPTY_HD95_MM == pytest.approx(np.sqrt(240**2 + 240**2 + 155**2), abs=1e-4)
     empty = np.zeros(shape, np.uint8)
     assert evaluate_pair(empty, empty, (1.0, 1.0, 1.0)) == {
-        region: {"dice": 1.0, "hd95": 0.0} for region in REGIONS
+        region: {"dice": 1.0, "hd95": 0.0} for region in NESTED_REGION_KEYS
     }
 
 
@@ -129,7 +124,7 @@ def test_each_input_keeps_its_own_label_convention() -> None:
         evaluate_pair(as_2023, labels, (1, 1, 1)),
         evaluate_pair(labels, as_2023, (1, 1, 1)),
     ):
-        assert all(scores[region] == {"dice": 1.0, "hd95": 0.0} for region in REGIONS)
+        assert all(scores[region] == {"dice": 1.0, "hd95": 0.0} for region in NESTED_REGION_KEYS)
 
 
 def test_mismatched_inputs_are_refused() -> None:
@@ -224,7 +219,7 @@ def test_real_label_against_itself_is_perfect() -> None:
     _real(TCGA_LABELS)
     report = evaluate_paths(TCGA_LABELS, TCGA_LABELS)
     scores = report.cases["seg_fusion_mav_5algos"]
-    assert all(scores[region] == {"dice": 1.0, "hd95": 0.0} for region in REGIONS)
+    assert all(scores[region] == {"dice": 1.0, "hd95": 0.0} for region in NESTED_REGION_KEYS)
 
 
 def test_real_label_against_one_algorithm_is_plausible() -> None:
@@ -233,8 +228,8 @@ def test_real_label_against_one_algorithm_is_plausible() -> None:
     fused, single = _real(TCGA_LABELS), _real(algorithm)
     scores = evaluate_paths(algorithm, TCGA_LABELS).cases["hnfnetv1-20"]
     assert 0.7 < scores["wt"]["dice"] < 1.0
-    assert all(0.5 < scores[region]["dice"] < 1.0 for region in REGIONS)
-    assert all(0.0 < scores[region]["hd95"] < 50.0 for region in REGIONS)
+    assert all(0.5 < scores[region]["dice"] < 1.0 for region in NESTED_REGION_KEYS)
+    assert all(0.0 < scores[region]["hd95"] < 50.0 for region in NESTED_REGION_KEYS)
     ours, theirs = labels_to_regions(single)[0], labels_to_regions(fused)[0]
     overlap = 2 * (ours & theirs).sum() / (ours.sum() + theirs.sum())
     assert scores["wt"]["dice"] == pytest.approx(overlap)

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 
-from segnode.pipeline.model.loading import load_model_folder
 from segnode.pipeline.model.manifest import ArchitectureSpec, ModelManifest
 from segnode.pipeline.model.network import build_network, segmentation_logits
-from segnode.pipeline.model.weights import sha256_of_file
+from segnode.pipeline.model.registry import load_model
+from segnode.pipeline.model.weights import sha256_hex
 from segnode.pipeline.training.export import export_for_inference
 
 
@@ -22,7 +22,7 @@ def _vae_model(folder: Path) -> torch.nn.Module:
     torch.save(network.state_dict(), folder / "model.pt")
     ModelManifest(
         id="tiny-vae", name="tiny", version="0", architecture=spec,
-        weights_sha256=sha256_of_file(folder / "model.pt"),
+        weights_sha256=sha256_hex(folder / "model.pt"),
     ).write(folder)
     return network.eval()
 
@@ -32,7 +32,7 @@ def test_export_drops_the_vae_branch_and_keeps_the_output(tmp_path: Path) -> Non
     manifest = export_for_inference(tmp_path / "trained", tmp_path / "exported", float16=False)
     assert manifest.architecture.name == "SegResNet"
     assert (tmp_path / "exported" / "model.pt").stat().st_size < (tmp_path / "trained" / "model.pt").stat().st_size
-    _, exported = load_model_folder(tmp_path / "exported")
+    exported = load_model(tmp_path / "exported").network
     batch = torch.randn(1, 4, 32, 32, 32)
     with torch.inference_mode():
         torch.testing.assert_close(segmentation_logits(exported, batch), segmentation_logits(original, batch))
@@ -42,8 +42,8 @@ def test_float16_export_is_close_and_checksummed(tmp_path: Path) -> None:
     original = _vae_model(tmp_path / "trained")
     manifest = export_for_inference(tmp_path / "trained", tmp_path / "fp16", model_id="tiny-fp16")
     assert manifest.weights_dtype == "float16" and manifest.id == "tiny-fp16"
-    assert manifest.weights_sha256 == sha256_of_file(tmp_path / "fp16" / "model.pt")
-    _, exported = load_model_folder(tmp_path / "fp16")
+    assert manifest.weights_sha256 == sha256_hex(tmp_path / "fp16" / "model.pt")
+    exported = load_model(tmp_path / "fp16").network
     batch = torch.randn(1, 4, 32, 32, 32)
     with torch.inference_mode():
         difference = (segmentation_logits(exported, batch) - segmentation_logits(original, batch)).abs().max()

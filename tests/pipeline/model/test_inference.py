@@ -20,12 +20,12 @@ from segnode.pipeline.model.inference import (
     choose_roi,
     padded_shape,
     padding_for,
-    postprocess,
     predict_regions,
     region_order,
 )
-from segnode.pipeline.model.labels import ED, NCR, LabelConvention
 from segnode.pipeline.model.network import segmentation_logits
+from segnode.pipeline.model.postprocess import postprocess
+from segnode.vocabulary import ED_LABEL, NCR_LABEL, LabelConvention
 from tests.pipeline.model.tiny_model import tiny_network
 
 CPU = torch.device("cpu")
@@ -245,10 +245,10 @@ def test_small_components_are_removed() -> None:
     labels, record = postprocess(probabilities, min_component_voxels=50)
     assert record.components_removed == 1 and record.component_voxels_removed == 27
     assert not labels[33:36, 33:36, 33:36].any()
-    assert labels[30, 30, 30] == ED
+    assert labels[30, 30, 30] == ED_LABEL
 
     kept, kept_record = postprocess(probabilities, min_component_voxels=None)
-    assert kept_record.components_removed == 0 and (kept[33:36, 33:36, 33:36] == ED).all()
+    assert kept_record.components_removed == 0 and (kept[33:36, 33:36, 33:36] == ED_LABEL).all()
 
 
 def test_removed_specks_do_not_count_towards_the_et_volume() -> None:
@@ -266,7 +266,7 @@ def test_threshold_nesting_and_the_2023_convention() -> None:
     labels, record = postprocess(
         probabilities, convention=LabelConvention.BRATS_2023, min_component_voxels=None
     )
-    assert set(np.unique(labels).tolist()) == {0, NCR, ED, 3}
+    assert set(np.unique(labels).tolist()) == {0, NCR_LABEL, ED_LABEL, 3}
     assert not labels[2:4, 2:4, 2:4].any()
     assert labels.dtype == np.uint8 and record.convention is LabelConvention.BRATS_2023
     assert record.as_dict()["convention"] == "2023"

@@ -14,13 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from segnode.pipeline.model.inference import predict_regions, resolve_postprocessing
-from segnode.pipeline.model.loading import load_model_folder
+from segnode.pipeline.model.inference import predict_regions
 from segnode.pipeline.model.manifest import ArchitectureSpec, ModelManifest, PostprocessingSpec
 from segnode.pipeline.model.network import MeanOfMembers, build_network
+from segnode.pipeline.model.postprocess import resolve_postprocessing
+from segnode.pipeline.model.registry import load_model
 from segnode.pipeline.model.resolution import block_mean, upsample
 from segnode.pipeline.training.brats_data import find_case, find_cases, load_case
 from segnode.pipeline.training.compact import cached_compact_case, load_compact
+from segnode.pipeline.training.config import TrainConfig
 from segnode.pipeline.training.cross_validation import (
     CvConfig,
     confusion_matrix,
@@ -37,7 +39,7 @@ from segnode.pipeline.training.folds import (
     split,
 )
 from segnode.pipeline.training.recipes import RECIPES, get_recipe, recipe_loss
-from segnode.pipeline.training.trainer import TrainConfig, train
+from segnode.pipeline.training.trainer import train
 from tests.helpers import SHARED_DATA, require_data
 from tests.pipeline.model.tiny_model import write_model_folder
 
@@ -147,7 +149,8 @@ def test_ensemble_folder_is_the_mean_of_its_members(tmp_path: Path) -> None:
         metrics={},
     )
     assert manifest.architecture.ensemble_members == 2
-    loaded_manifest, network = load_model_folder(tmp_path / "ensemble")  # checksum verified
+    loaded = load_model(tmp_path / "ensemble")  # checksum verified
+    loaded_manifest, network = loaded.manifest, loaded.network
     assert isinstance(network, MeanOfMembers) and loaded_manifest.postprocessing is not None
     image = np.random.default_rng(1).normal(size=(4, 24, 24, 16)).astype(np.float32)
     kwargs = dict(

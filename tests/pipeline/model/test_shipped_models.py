@@ -15,12 +15,13 @@ import nibabel as nib
 import numpy as np
 
 from segnode.config.settings import ModelSettings
-from segnode.pipeline.model.labels import LabelConvention, convert_labels
+from segnode.pipeline.model.labels import convert_labels
 from segnode.pipeline.model.registry import BUILTIN_MODELS, node_registry
 from segnode.pipeline.training.cross_validation import LABEL_NAMES, confusion_matrix
 from segnode.pipeline.training.evaluation import evaluate_pair
 from segnode.pipeline.training.folds import FOLDS
 from segnode.pipeline.training.prediction import predict_case
+from segnode.vocabulary import LabelConvention
 from tests.helpers import SHARED_DATA, require_data
 
 DEFAULT = "segnode-brats22-v1"
@@ -61,7 +62,9 @@ def test_the_old_reference_model_is_still_loadable_by_id(tmp_path: Path) -> None
 
 def _predict(case: Path, labels: Path, tmp_path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
     """Default settings (TTA, the model's tuned post-processing), as ``segnode predict`` runs."""
-    summary = predict_case(case, tmp_path / f"{case.name}.nii.gz", BUILTIN_MODELS / DEFAULT)
+    summary = predict_case(
+        case, tmp_path / f"{case.name}.nii.gz", BUILTIN_MODELS / DEFAULT, ModelSettings()
+    )
     predicted = np.asarray(nib.load(summary.output).dataobj).astype(np.uint8)
     reference_image = nib.load(labels)
     reference = convert_labels(
@@ -116,8 +119,8 @@ def test_the_reference_model_reaches_wt_dice_on_its_training_case(tmp_path: Path
     """Issue 4's bar for the old model (trained on this very case), kept as its regression."""
     require_data(UNSEEN_CASE)
     summary = predict_case(
-        UNSEEN_CASE, tmp_path / "labels.nii.gz", BUILTIN_MODELS / REFERENCE, tta=False,
-        et_min_voxels=500, min_component_voxels=50,
+        UNSEEN_CASE, tmp_path / "labels.nii.gz", BUILTIN_MODELS / REFERENCE,
+        ModelSettings(tta=False, et_min_voxels=500, min_component_voxels=50),
     )
     predicted = np.asarray(nib.load(summary.output).dataobj)
     reference = nib.load(UNSEEN_LABELS)

@@ -20,14 +20,12 @@ from segnode.pipeline.model.manifest import ArchitectureSpec, ModelManifest
 from segnode.pipeline.model.network import build_network, segmentation_logits
 from segnode.pipeline.training.augmentation import pad_and_crop
 from segnode.pipeline.training.brats_data import BratsCase, find_case, load_case
+from segnode.pipeline.training.checkpoints import INIT_REPORT_NAME, load_initial_weights
+from segnode.pipeline.training.config import TrainConfig, TrainingError
 from segnode.pipeline.training.losses import segmentation_dice_loss
 from segnode.pipeline.training.trainer import (
-    INIT_REPORT_NAME,
     StepReport,
-    TrainConfig,
-    TrainingError,
     dice_score,
-    load_initial_weights,
     poly_lr,
     train,
     training_step,

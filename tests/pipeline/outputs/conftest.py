@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from segnode.config.settings import OutputKind, OutputSettings, SrRegionReference
+from segnode.config.settings import ResultSeriesSettings, SrRegionReference
 from segnode.pipeline.conversion import convert_series
 from segnode.pipeline.outputs import write_results
+from segnode.vocabulary import OutputKind
 from tests.fixtures.dicom_study import BuiltSeries
 from tests.pipeline.outputs.dicom_checks import PROVENANCE, T1cCase, Written, synthetic_labels
 
-SETTINGS = OutputSettings(
+SETTINGS = ResultSeriesSettings(
     seg_series_number=701,
     sr_series_number=702,
     sc_series_number=703,
@@ -42,7 +43,7 @@ def labels(t1c: T1cCase) -> sitk.Image:
 def _write(
     t1c: T1cCase,
     labels: sitk.Image,
-    settings: OutputSettings,
+    settings: ResultSeriesSettings,
     kinds: list[OutputKind],
     out_dir: Path,
 ) -> Written:

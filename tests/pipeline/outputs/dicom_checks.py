@@ -10,7 +10,7 @@ import numpy as np
 import SimpleITK as sitk
 from numpy.typing import NDArray
 
-from segnode.config.settings import OutputSettings
+from segnode.config.settings import ResultSeriesSettings
 from segnode.pipeline.conversion import ConvertedVolume
 from segnode.pipeline.outputs import AlgorithmProvenance, ResultsRecord
 from tests.fixtures.dicom_study import BuiltSeries
@@ -43,7 +43,7 @@ class Written:
 
     labels: sitk.Image
     record: ResultsRecord
-    settings: OutputSettings
+    settings: ResultSeriesSettings
 
 
 @dataclass(frozen=True)

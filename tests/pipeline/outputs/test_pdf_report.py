@@ -6,16 +6,16 @@ import numpy as np
 import pydicom
 import pytest
 
-from segnode.pipeline.outputs import Region
 from segnode.pipeline.outputs.pdf_report import key_slice, render_page
 from segnode.pipeline.outputs.provenance import series_description
 from segnode.pipeline.outputs.regions import (
-    LabelConvention,
+    convention_of,
     label_array,
     region_masks,
     region_statistics,
 )
 from segnode.pipeline.outputs.source import load_source_series
+from segnode.vocabulary import Region
 from tests.fixtures.dicom_study import PatientTags
 from tests.pipeline.outputs.dicom_checks import (
     PROVENANCE,
@@ -70,7 +70,7 @@ def test_document_is_a_one_page_pdf_without_patient_identity(written: Written) -
 
 
 def test_page_shows_the_warning_banner_and_the_key_image(written: Written, t1c: T1cCase) -> None:
-    convention = LabelConvention.of(4)
+    convention = convention_of(4)
     masks = region_masks(label_array(written.labels, convention), convention)
     statistics = region_statistics(masks, 1.0)
     source = load_source_series(t1c.files, t1c.volume.slices)

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from segnode.pipeline.outputs import OutputError, OutputSpecError, Region, volumes_ml
-from segnode.pipeline.outputs.regions import LabelConvention
+from segnode.pipeline.outputs import OutputError, OutputSpecError, volumes_ml
+from segnode.pipeline.outputs.regions import convention_of
+from segnode.vocabulary import Region
 
 
 def image(array: np.ndarray, spacing: tuple[float, float, float] = (0.5, 2.0, 3.0)) -> sitk.Image:
@@ -46,4 +47,4 @@ def test_undefined_labels_and_conventions_are_refused() -> None:
     with pytest.raises(OutputError, match="integer labels"):
         volumes_ml(image(array.astype(np.float32)), 3)
     with pytest.raises(OutputSpecError, match="neither 4"):
-        LabelConvention.of(2)
+        convention_of(2)

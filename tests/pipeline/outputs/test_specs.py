@@ -7,15 +7,15 @@ import dataclasses
 import pytest
 from pydicom.sr.codedict import codes
 
-from segnode.config.settings import OutputSettings
+from segnode.config.settings import ResultSeriesSettings
 from segnode.pipeline.outputs import (
     AlgorithmProvenance,
     OutputSpecError,
-    Region,
     SegmentSpec,
     SeriesSpec,
 )
 from segnode.pipeline.outputs.provenance import LO_MAX_CHARS
+from segnode.vocabulary import Region
 from tests.pipeline.outputs.dicom_checks import PROVENANCE
 
 
@@ -51,7 +51,7 @@ def test_version_label_leaves_out_a_model_id_that_does_not_fit() -> None:
 
 
 def test_series_spec_from_settings() -> None:
-    settings = OutputSettings(pdf_series_number=42, series_description="x" * 36)
+    settings = ResultSeriesSettings(pdf_series_number=42, series_description="x" * 36)
     spec = SeriesSpec.for_kind(settings, "pdf")
     assert spec.series_number == 42
     assert spec.series_description == "x" * 36 + " PDF - not for clinical use"

@@ -9,9 +9,10 @@ import pytest
 import SimpleITK as sitk
 from skimage.draw import polygon2mask
 
-from segnode.pipeline.outputs import ALL_REGIONS, Region, codes, volumes_ml
+from segnode.pipeline.outputs import codes, volumes_ml
 from segnode.pipeline.outputs.provenance import series_description
-from segnode.pipeline.outputs.regions import LabelConvention, region_masks
+from segnode.pipeline.outputs.regions import convention_of, region_masks
+from segnode.vocabulary import ALL_REGIONS, Region
 from tests.pipeline.outputs.dicom_checks import (
     PROVENANCE,
     T1cCase,
@@ -97,7 +98,7 @@ def test_groups_are_coded_and_tracked(written: Written) -> None:
 
 def test_outline_form_draws_each_region_on_the_t1c_images(written: Written, t1c: T1cCase) -> None:
     """Every region's closed polylines, filled (even-odd), give back its mask on every slice."""
-    masks = region_masks(sitk.GetArrayFromImage(written.labels), LabelConvention.of(4))
+    masks = region_masks(sitk.GetArrayFromImage(written.labels), convention_of(4))
     uid_to_slice = {ref.sop_instance_uid: z for z, ref in enumerate(t1c.volume.slices)}
     shape = masks[Region.WT].shape
     groups = groups_by_region(read_sr(written))

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from segnode.config.settings import OutputSettings, SrRegionReference
+from segnode.config.settings import ResultSeriesSettings, SrRegionReference
 from segnode.pipeline.conversion import convert_series
-from segnode.pipeline.outputs import OutputError, OutputSpecError, Region, write_results
+from segnode.pipeline.outputs import OutputError, OutputSpecError, write_results
 from segnode.pipeline.outputs import writer as writer_module
+from segnode.vocabulary import Region
 from tests.helpers import require_shared_data
 from tests.pipeline.outputs.dicom_checks import (
     PROVENANCE,
@@ -53,13 +54,13 @@ def test_unknown_kind_and_convention_are_refused(
             labels,
             4,
             PROVENANCE,
-            OutputSettings(),
+            ResultSeriesSettings(),
             ["nifti"],
             tmp_path,
         )  # type: ignore[list-item]
     with pytest.raises(OutputSpecError, match="neither 4"):
         write_results(
-            t1c.files, t1c.volume.slices, labels, 5, PROVENANCE, OutputSettings(), ["seg"], tmp_path
+            t1c.files, t1c.volume.slices, labels, 5, PROVENANCE, ResultSeriesSettings(), ["seg"], tmp_path
         )
     assert list(tmp_path.iterdir()) == []
 
@@ -70,7 +71,7 @@ def test_labels_outside_the_convention_are_refused(
     # The 2017 map read as BraTS 2023: label 4 is undefined there.
     with pytest.raises(OutputError, match=r"values \[4\]"):
         write_results(
-            t1c.files, t1c.volume.slices, labels, 3, PROVENANCE, OutputSettings(), ["seg"], tmp_path
+            t1c.files, t1c.volume.slices, labels, 3, PROVENANCE, ResultSeriesSettings(), ["seg"], tmp_path
         )
 
 
@@ -89,7 +90,7 @@ def test_label_map_off_the_source_grid_is_refused(
             shifted,
             4,
             PROVENANCE,
-            OutputSettings(),
+            ResultSeriesSettings(),
             ["seg"],
             tmp_path,
         )
@@ -101,7 +102,7 @@ def test_label_map_off_the_source_grid_is_refused(
             cropped,
             4,
             PROVENANCE,
-            OutputSettings(),
+            ResultSeriesSettings(),
             ["seg"],
             tmp_path,
         )
@@ -112,7 +113,7 @@ def test_label_map_off_the_source_grid_is_refused(
             labels,
             4,
             PROVENANCE,
-            OutputSettings(),
+            ResultSeriesSettings(),
             ["seg"],
             tmp_path / "absent",
         )
@@ -139,7 +140,7 @@ def test_a_failed_write_leaves_nothing_behind(
             labels,
             4,
             PROVENANCE,
-            OutputSettings(),
+            ResultSeriesSettings(),
             ["seg", "sr"],
             tmp_path,
         )
@@ -155,7 +156,7 @@ def test_brats_2023_labels(t1c: T1cCase, tmp_path: Path) -> None:
         labels,
         3,
         PROVENANCE,
-        OutputSettings(),
+        ResultSeriesSettings(),
         ["seg", "sr"],
         tmp_path,
     )
@@ -192,7 +193,7 @@ def test_enhanced_mr_source(form: SrRegionReference, tmp_path: Path) -> None:
     array[z // 2, rows // 2 - 3 : rows // 2 + 3, columns // 2 - 3 : columns // 2 + 3] = 1
     labels = sitk.GetImageFromArray(array)
     labels.CopyInformation(volume.image)
-    settings = OutputSettings(sr_region_reference=form)
+    settings = ResultSeriesSettings(sr_region_reference=form)
     record = write_results(
         files, volume.slices, labels, 4, PROVENANCE, settings, ["seg", "sr", "sc", "pdf"], tmp_path
     )

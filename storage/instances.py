@@ -1,9 +1,11 @@
-"""Recording received instances, associations and quarantine in the database.
+"""Recording received instances: their rows, and the study and series rows they create.
 
 Why ``INSERT ... ON CONFLICT DO NOTHING`` for studies and series: several
 associations may deliver the first instances of one study at the same moment
 (and several nodes may share one PostgreSQL); the unique UID decides, nobody
 fails. Counters are updated with SQL expressions for the same reason.
+
+The receiver's group commit (``segnode.storage.instance_writer``) batches these calls.
 """
 
 from __future__ import annotations
@@ -14,22 +16,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, insert, select, update
+from sqlalchemy import Table, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from segnode.storage.database import rowcount
 from segnode.storage.errors import IdentityConflictError
+from segnode.storage.events import record_node_event
 from segnode.storage.models import (
-    Association,
-    AssociationOutcome,
     Instance,
-    NodeEvent,
-    QuarantinedInstance,
     Series,
     Study,
     StudyAssociation,
     StudyState,
-    utc_now,
 )
 
 
@@ -79,7 +78,7 @@ def _insert_ignoring_conflict(session: Session, table: Table, values: dict[str, 
 def _study_id(session: Session, record: InstanceRecord) -> int:
     _insert_ignoring_conflict(
         session,
-        Study.__table__,  # type: ignore[arg-type]
+        _table(Study),
         {
             "study_instance_uid": record.study_instance_uid,
             "state": StudyState.RECEIVING,
@@ -105,7 +104,7 @@ def _study_id(session: Session, record: InstanceRecord) -> int:
 def _series_id(session: Session, study_id: int, record: InstanceRecord) -> int:
     _insert_ignoring_conflict(
         session,
-        Series.__table__,  # type: ignore[arg-type]
+        _table(Series),
         {
             "study_id": study_id,
             "series_instance_uid": record.series_instance_uid,
@@ -170,7 +169,7 @@ def _touch_study(
         "received_instances": studies.c.received_instances + count,
     }
     # Common case first: the study is still receiving (one statement, no read).
-    touched = _rowcount(
+    touched = rowcount(
         session.execute(
             update(studies)
             .where(studies.c.id == study_id, studies.c.state == StudyState.RECEIVING.value)
@@ -219,11 +218,8 @@ def _touch_series(
 
 
 def _table(model: type[Any]) -> Table:
+    """The Core table of a mapped class (``__table__`` is typed as a plain FromClause)."""
     return cast(Table, model.__table__)
-
-
-def _rowcount(result: Any) -> int:
-    return int(cast("CursorResult[Any]", result).rowcount)
 
 
 def find_instance(session: Session, sop_instance_uid: str) -> Instance | None:
@@ -262,11 +258,11 @@ def record_instances(
         known_ids: ``series_key(record) -> (study_id, series_id)`` the caller
             already knows (a series never moves to another study; the key holds
             the study and patient too, so a record naming another one is checked).
+        linked: ``(association_id, study_instance_uid)`` pairs already linked.
 
     Raises:
         IdentityConflictError: a record's series or study belongs to another
             study or patient; nothing of the batch is written.
-        linked: ``(association_id, study_instance_uid)`` pairs already linked.
     """
     ids: dict[str, tuple[int, int]] = dict(known_ids or {})
     for record in records:
@@ -362,89 +358,3 @@ def replace_instance(
             {"study_id": study_id, "association_id": record.association_id},
         )
     return RecordedInstance(study_id, series_id, reopened_from)
-
-
-def record_quarantine(
-    session: Session,
-    *,
-    reason: str,
-    status_code: int,
-    file_path: str | None,
-    sop_instance_uid: str | None,
-    sop_class_uid: str | None,
-    calling_ae: str | None,
-    association_id: str | None,
-) -> QuarantinedInstance:
-    row = QuarantinedInstance(
-        quarantined_at=utc_now(),
-        reason=reason,
-        status_code=status_code,
-        file_path=file_path,
-        sop_instance_uid=sop_instance_uid,
-        sop_class_uid=sop_class_uid,
-        calling_ae=calling_ae,
-        association_id=association_id,
-    )
-    session.add(row)
-    return row
-
-
-def record_node_event(
-    session: Session,
-    kind: str,
-    detail: dict[str, Any],
-    *,
-    study_id: int | None = None,
-    association_id: str | None = None,
-) -> None:
-    session.add(
-        NodeEvent(
-            at=utc_now(), kind=kind, detail=detail, study_id=study_id, association_id=association_id
-        )
-    )
-
-
-def open_association(
-    session: Session,
-    association_id: str,
-    *,
-    calling_ae: str,
-    called_ae: str,
-    peer_address: str,
-    peer_port: int,
-) -> None:
-    session.add(
-        Association(
-            id=association_id,
-            calling_ae=calling_ae,
-            called_ae=called_ae,
-            peer_address=peer_address,
-            peer_port=peer_port,
-            started_at=utc_now(),
-            outcome=AssociationOutcome.OPEN,
-            instances_stored=0,
-            instances_failed=0,
-        )
-    )
-
-
-def close_association(
-    session: Session, association_id: str, outcome: AssociationOutcome, stored: int, failed: int
-) -> None:
-    session.execute(
-        update(Association)
-        .where(Association.id == association_id, Association.ended_at.is_(None))
-        .values(
-            ended_at=utc_now(), outcome=outcome, instances_stored=stored, instances_failed=failed
-        )
-    )
-
-
-def interrupt_open_associations(session: Session) -> int:
-    """At start-up: associations still open belonged to a previous process that died."""
-    result = session.execute(
-        update(Association)
-        .where(Association.ended_at.is_(None))
-        .values(ended_at=utc_now(), outcome=AssociationOutcome.INTERRUPTED)
-    )
-    return int(result.rowcount)  # type: ignore[attr-defined]
