@@ -18,7 +18,7 @@ from segnode.node.cli.options import ConfigOption, DataDirOption, JsonOption, se
 from segnode.vocabulary import OUTPUT_KINDS, OutputKind
 
 
-def _kinds(value: str) -> list[OutputKind]:
+def _parse_outputs(value: str) -> list[OutputKind]:
     asked = {part.strip() for part in value.split(",") if part.strip()}
     if not asked or asked - set(OUTPUT_KINDS):
         raise typer.BadParameter(f"choose from {', '.join(OUTPUT_KINDS)} (got {value!r})")
@@ -45,7 +45,7 @@ def run(
     from segnode.pipeline.steps import STEP_ORDER, StepSettings, run_step
     from segnode.pipeline.workspace import Inputs, Workspace
 
-    kinds = _kinds(outputs)
+    wanted = _parse_outputs(outputs)
     overrides = {"model": {"default": model}} if model else {}
     settings = settings_or_exit(config, data_dir, overrides)
     if not dicom_dir.is_dir():
@@ -63,7 +63,7 @@ def run(
     workspace.write_inputs(
         Inputs.of(study_uid, {uid: [path for path, _ in items] for uid, items in series.items()})
     )
-    step_settings = StepSettings.from_settings(settings, kinds)
+    step_settings = StepSettings.from_settings(settings, wanted)
     steps: dict[str, object] = {}
     for name in STEP_ORDER:
         if not as_json:
