@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     StringConstraints,
     ValidationError,
@@ -32,27 +30,15 @@ from pydantic_settings import (
 )
 from pydicom.datadict import tag_for_keyword
 
+from segnode.config.destinations import DEFAULT_PROTOCOL, DeliverySettings, destination_problem
 from segnode.config.errors import ConfigError
-from segnode.vocabulary import OutputKind, Role
+from segnode.config.fields import AeTitle, Port, PositiveSeconds, Section
+from segnode.vocabulary import Role
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("node.toml")
 ENV_PREFIX = "SEGNODE__"
 
-# DICOM AE titles: 1-16 characters of the default character repertoire, no
-# backslash, no leading or trailing spaces (PS3.5 6.2, VR AE).
-AeTitle = Annotated[
-    str,
-    StringConstraints(min_length=1, max_length=16, pattern=r"^[!-\[\]-~]([ -\[\]-~]*[!-\[\]-~])?$"),
-]
-Port = Annotated[int, Field(ge=1, le=65535)]
-PositiveSeconds = Annotated[float, Field(gt=0)]
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Peer(_Section):
+class Peer(Section):
     """A DICOM peer the node knows: a PACS, a modality, a workstation."""
 
     name: Annotated[str, StringConstraints(min_length=1)]
@@ -62,7 +48,7 @@ class Peer(_Section):
     port: Port | None = None
 
 
-class ListenerTls(_Section):
+class ListenerTls(Section):
     """DICOM TLS on the listener (PS3.15 Annex B, the BCP 195 profile)."""
 
     enabled: bool = False
@@ -84,7 +70,7 @@ class ListenerTls(_Section):
         return self
 
 
-class ListenerSettings(_Section):
+class ListenerSettings(Section):
     """The DICOM SCP (``segnode serve``)."""
 
     ae_title: AeTitle = "SEGNODE"
@@ -132,7 +118,7 @@ class SqliteSynchronous(StrEnum):
     NORMAL = "NORMAL"
 
 
-class StorageSettings(_Section):
+class StorageSettings(Section):
     """Where instances, quarantine and the database live."""
 
     data_dir: Path = Path("segnode-data")
@@ -166,7 +152,7 @@ class LateSeriesPolicy(StrEnum):
     ATTACH = "attach"
 
 
-class CompletionPolicy(_Section):
+class CompletionPolicy(Section):
     """When a study counts as complete (DICOM itself never says)."""
 
     series_quiet_s: PositiveSeconds = 30.0
@@ -180,7 +166,7 @@ class CompletionPolicy(_Section):
     deadline_action: DeadlineAction = DeadlineAction.PROCEED
 
 
-class CompletionSettings(_Section):
+class CompletionSettings(Section):
     check_interval_s: PositiveSeconds = 1.0
     late_series: LateSeriesPolicy = LateSeriesPolicy.NEW_JOB
     profiles: dict[str, CompletionPolicy] = {"default": CompletionPolicy()}
@@ -207,7 +193,7 @@ def _compile(pattern: str, where: str) -> re.Pattern[str]:
         raise ValueError(f"{where}: invalid regular expression: {exc}") from exc
 
 
-class TagCondition(_Section):
+class TagCondition(Section):
     """One test on DICOM attributes, by keyword.
 
     Exactly one of ``equals``, ``one_of``, ``matches`` (a case-insensitive
@@ -254,7 +240,7 @@ class TagCondition(_Section):
         return self
 
 
-class RoutingRule(_Section):
+class RoutingRule(Section):
     """A named rule: when every condition holds, the study gets ``action``.
 
     ``called_ae``/``calling_ae`` restrict the rule to associations addressed to
@@ -270,7 +256,7 @@ class RoutingRule(_Section):
     completion: str = "default"
 
 
-class RoutingSettings(_Section):
+class RoutingSettings(Section):
     default_action: RoutingAction = RoutingAction.IGNORE
     rules: list[RoutingRule] = []
 
@@ -283,7 +269,7 @@ class RoutingSettings(_Section):
         return self
 
 
-class SelectionSettings(_Section):
+class SelectionSettings(Section):
     """Sequence identification (T1, T1c, T2, FLAIR): patterns a site may override.
 
     Patterns are case-insensitive regular expressions searched in
@@ -323,7 +309,7 @@ class SelectionSettings(_Section):
         return self
 
 
-class PreprocessingSettings(_Section):
+class PreprocessingSettings(Section):
     """From four converted series to the network's input (the BraTS convention)."""
 
     spacing_mm: Annotated[float, Field(gt=0)] = 1.0
@@ -335,7 +321,7 @@ class PreprocessingSettings(_Section):
     """Series whose slice spacing is not uniform: refuse them, or interpolate."""
 
 
-class ModelSettings(_Section):
+class ModelSettings(Section):
     """Which segmentation model the node runs, and how."""
 
     default: str = "segnode-brats22-v1"
@@ -366,7 +352,7 @@ class SrRegionReference(StrEnum):
     """A reference to the DICOM-SEG segment only (OHIF 3.13's SR viewport crashes on it)."""
 
 
-class ResultSeriesSettings(_Section):
+class ResultSeriesSettings(Section):
     """How the result objects are filed in the source study: series numbers, descriptions.
 
     Which objects a job writes is not set here: it is every output some destination's
@@ -385,98 +371,7 @@ class ResultSeriesSettings(_Section):
     manufacturer: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "segnode"
 
 
-class DestinationTls(_Section):
-    """DICOM TLS towards one DIMSE destination."""
-
-    enabled: bool = False
-    ca_file: Path | None = None
-    """PEM CA bundle the destination's certificate must chain to; unset: the system store."""
-    cert_file: Path | None = None
-    """PEM client certificate, for a destination that requires one."""
-    key_file: Path | None = None
-    check_hostname: bool = True
-    """Check that the certificate names destination.host."""
-
-    @model_validator(mode="after")
-    def _pair(self) -> DestinationTls:
-        if bool(self.cert_file) != bool(self.key_file):
-            raise ValueError("destination tls: cert_file and key_file go together")
-        return self
-
-
-NonEmpty = Annotated[str, StringConstraints(min_length=1)]
-
-
-class _DestinationBase(_Section):
-    """What every destination has, whatever its protocol."""
-
-    name: Annotated[str, StringConstraints(min_length=1, max_length=64)]
-    send: list[OutputKind] = ["seg", "sr"]
-    """Which outputs this destination receives; "sc"/"pdf" for viewers without SEG support."""
-    timeout_s: PositiveSeconds = 60.0
-
-    @model_validator(mode="after")
-    def _sends_something(self) -> _DestinationBase:
-        if not self.send:
-            raise ValueError(f"destination {self.name!r}: send lists nothing")
-        return self
-
-
-class DimseDestination(_DestinationBase):
-    """A DICOM AE that receives the results by C-STORE."""
-
-    protocol: Literal["dimse"] = "dimse"
-    ae_title: AeTitle
-    host: NonEmpty
-    port: Port
-    calling_ae: AeTitle
-    """The AE title segnode calls as (the PACS must know it). Required here, optional in a
-    site's file: :class:`Settings` fills in ``listener.ae_title`` where a destination leaves
-    it out, so the client never falls back on a default of its own."""
-    tls: DestinationTls = DestinationTls()
-
-
-class StowDestination(_DestinationBase):
-    """A DICOMweb server that receives the results by STOW-RS."""
-
-    protocol: Literal["stow-rs"] = "stow-rs"
-    url: NonEmpty
-    """The studies endpoint, e.g. http://pacs:8042/dicom-web/studies."""
-
-
-#: Where results go, told apart by ``protocol`` (a site's file may leave it out: "dimse"), so
-#: each kind has exactly the keys it needs and a missing one is an error naming that key.
-Destination = Annotated[DimseDestination | StowDestination, Field(discriminator="protocol")]
-#: ``protocol`` of a destination that does not state one.
-DEFAULT_PROTOCOL = "dimse"
-#: The model of each ``protocol`` (for error messages; keep it beside the union above).
-_DESTINATION_MODELS: dict[str, type[_DestinationBase]] = {
-    "dimse": DimseDestination,
-    "stow-rs": StowDestination,
-}
-
-
-class DeliverySettings(_Section):
-    """Retries for sending results; rejections are permanent and never retried."""
-
-    destinations: list[Destination] = []
-    max_attempts: Annotated[int, Field(ge=1)] = 10
-    initial_backoff_s: PositiveSeconds = 5.0
-    max_backoff_s: PositiveSeconds = 600.0
-
-    @field_validator("destinations", mode="before")
-    @classmethod
-    def _dimse_unless_stated(cls, destinations: Any) -> Any:
-        # The discriminator must be present to choose a model; the TOML may omit it.
-        if not isinstance(destinations, list):
-            return destinations
-        return [
-            {"protocol": DEFAULT_PROTOCOL, **entry} if isinstance(entry, dict) else entry
-            for entry in destinations
-        ]
-
-
-class JobSettings(_Section):
+class JobSettings(Section):
     """How jobs run: worker processes, retries of transient step failures."""
 
     enabled: bool = True
@@ -496,7 +391,7 @@ class JobSettings(_Section):
     poll_interval_s: PositiveSeconds = 1.0
 
 
-class LoggingSettings(_Section):
+class LoggingSettings(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
 
@@ -610,34 +505,6 @@ REPLACED_OPTIONS = {
 }
 
 
-def _destination_problem(error: Any) -> tuple[str, str] | None:
-    """Location and message of an error inside one destination, without pydantic's tag.
-
-    pydantic locates ``delivery.destinations.0.dimse.host``; a site's file has no "dimse"
-    level, and the reader wants to know which destination (by name) lacks what.
-    """
-    loc = error["loc"]
-    if len(loc) < 5 or loc[:2] != ("delivery", "destinations") or loc[3] not in _DESTINATION_MODELS:
-        return None
-    index, protocol, key = loc[2], loc[3], ".".join(str(part) for part in loc[4:])
-    location = f"delivery.destinations.{index}.{key}"
-    model = _DESTINATION_MODELS[protocol]
-    if error["type"] == "missing" and isinstance(error.get("input"), dict):
-        # What a site's file must state: calling_ae is required too, but Settings fills it in.
-        needs = [
-            name
-            for name, field in model.model_fields.items()
-            if field.is_required() and name not in {*_DestinationBase.model_fields, "calling_ae"}
-        ]
-        listed = ", ".join(needs[:-1]) + (" and " if len(needs) > 1 else "") + needs[-1]
-        name = error["input"].get("name")
-        return location, f"destination {name!r}: {protocol} needs {listed} ({key} is missing)"
-    if error["type"] == "extra_forbidden":
-        options = ", ".join(model.model_fields)
-        return location, f"not an option of a {protocol} destination (its options: {options})"
-    return None
-
-
 def _describe(error: Any) -> str:
     location = ".".join(str(part) for part in error["loc"]) or "(top level)"
     message = str(error["msg"]).removeprefix("Value error, ")
@@ -645,7 +512,7 @@ def _describe(error: Any) -> str:
         message = REPLACED_OPTIONS.get(
             location, "unknown option (check the spelling against config/node.toml)"
         )
-    destination = _destination_problem(error)
+    destination = destination_problem(error)
     if destination is not None:
         location, message = destination
     value = error.get("input")

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import ssl
 
-from segnode.config.settings import DestinationTls, ListenerTls
+from segnode.config.destinations import DestinationTls
+from segnode.config.settings import ListenerTls
 
 MINIMUM_TLS_VERSION = ssl.TLSVersion.TLSv1_2
 

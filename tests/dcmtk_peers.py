@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from segnode.config.settings import DimseDestination
+from segnode.config.destinations import DimseDestination
 from tests.helpers import dcmtk_env, free_port, require_tool, wait_for_port
 
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import assert_never
 
-from segnode.config.settings import Destination, DimseDestination, StowDestination
+from segnode.config.destinations import Destination, DimseDestination, StowDestination
 from segnode.node.delivery.dimse.scu import send_dimse
 from segnode.node.delivery.outcome import (
     DeliveryError,

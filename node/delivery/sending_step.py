@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from segnode.config.settings import DeliverySettings, Destination
+from segnode.config.destinations import DeliverySettings, Destination
 from segnode.node.backoff import backoff_delay_s
 from segnode.node.delivery.dispatch import (
     PermanentDeliveryError,

@@ -35,7 +35,7 @@ from typing import IO, Any
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
-from segnode.config.settings import StowDestination
+from segnode.config.destinations import StowDestination
 from segnode.node.delivery.dimse.status import describe_status, is_transient_status
 from segnode.node.delivery.outcome import (
     DeliveryError,

@@ -8,14 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from segnode.config.destinations import DimseDestination, StowDestination
 from segnode.config.errors import ConfigError
-from segnode.config.settings import (
-    DEFAULT_CONFIG_PATH,
-    DimseDestination,
-    Settings,
-    StowDestination,
-    load_settings,
-)
+from segnode.config.settings import DEFAULT_CONFIG_PATH, Settings, load_settings
 from segnode.node.cli import app
 
 

@@ -18,7 +18,7 @@ import pydicom
 import pytest
 from pydicom.sr.codedict import codes
 
-from segnode.config.settings import DimseDestination, StowDestination
+from segnode.config.destinations import DimseDestination, StowDestination
 from segnode.node.delivery.dispatch import (
     PermanentDeliveryError,
     TransientDeliveryError,

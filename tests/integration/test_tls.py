@@ -22,7 +22,7 @@ from typing import Any
 import pydicom
 import pytest
 
-from segnode.config.settings import DimseDestination
+from segnode.config.destinations import DimseDestination
 from segnode.node.delivery.dimse.contexts import read_headers
 from segnode.node.delivery.dimse.scu import open_association
 from segnode.node.delivery.dispatch import (

@@ -46,7 +46,7 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 
-from segnode.config.settings import DimseDestination
+from segnode.config.destinations import DimseDestination
 from segnode.node.delivery.dimse.contexts import (
     MAX_PRESENTATION_CONTEXTS,
     FileHeader,

@@ -22,7 +22,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 
-from segnode.config.settings import DimseDestination, StowDestination
+from segnode.config.destinations import DimseDestination, StowDestination
 from tests.helpers import free_port, require_shared_data, wait_for
 
 MR_FOLDER = "siemens_prisma_E11_t1_fl2d_sag_HFS"
