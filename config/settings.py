@@ -330,7 +330,8 @@ class ModelSettings(Section):
     """Further model ids whose outputs are averaged with the default's."""
     tta: bool = True
     """Test-time augmentation: mean over the 8 axis flips (paper section 4)."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Annotated[str, StringConstraints(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")] = "auto"
+    """auto (a GPU when present), cpu, cuda or cuda:N (segnode.pipeline.model.device)."""
     threshold: Annotated[float, Field(gt=0, lt=1)] | None = None
     """Region probability threshold; None: the model's value tuned on its CV folds."""
     et_threshold: Annotated[float, Field(gt=0, lt=1)] | None = None

@@ -68,7 +68,7 @@ def predict(
     ] = LabelConvention.BRATS_2021,
     device: Annotated[
         str | None,
-        typer.Option(help="auto (GPU when present), cpu or cuda (default: model.device)."),
+        typer.Option(help="auto (GPU when present), cpu, cuda or cuda:N (default: model.device)."),
     ] = None,
     tta: Annotated[
         bool | None,

@@ -184,3 +184,14 @@ def test_site_file_is_layered_over_the_defaults(tmp_path: Path) -> None:
     assert settings.completion.profiles["default"].series_quiet_s == 5.0
     assert settings.completion.profiles["default"].study_quiet_s == 60.0
     assert [rule.name for rule in settings.routing.rules] == ["radiologist-push", "brain-mr"]
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:1"])
+def test_model_device_accepts_the_device_policys_names(device: str) -> None:
+    assert load_settings(overrides={"model": {"device": device}}).model.device == device
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:", "cuda:x", "mps"])
+def test_model_device_refuses_other_names_naming_the_key(device: str) -> None:
+    with pytest.raises(ConfigError, match=r"model\.device"):
+        load_settings(overrides={"model": {"device": device}})
