@@ -32,10 +32,10 @@ from segnode.node.completion.rule import (
     StudySnapshot,
     Verdict,
     decide,
-    series_roles,
+    roles_of,
 )
 from segnode.node.logs import log_context
-from segnode.pipeline.selection import identify_sequences
+from segnode.pipeline.selection import RoleAssignment, identify_sequences
 from segnode.pipeline.sequence_facts import SequenceFacts, facts_from_attributes
 from segnode.storage.events import record_node_event
 from segnode.storage.job_states import JobState
@@ -146,8 +146,8 @@ class CompletionMonitor:
             for series in study.series
         ]
 
-    def _snapshot(self, study: ReceivingStudy) -> StudySnapshot:
-        roles = series_roles(self._sequence_facts(study), self._selection)
+    def _snapshot(self, study: ReceivingStudy, assignment: RoleAssignment) -> StudySnapshot:
+        roles = roles_of(assignment)
         return StudySnapshot(
             receiving_since=study.receiving_since,
             last_received_at=study.last_received_at,
@@ -170,7 +170,10 @@ class CompletionMonitor:
                 return None
             route = route_study(self._routing, self._series_facts(study))
             policy = self._completion.profiles[route.completion_profile]
-            decision = decide(self._snapshot(study), policy, now)
+            # Identified once per evaluation: the roles decide completion, and the same
+            # identification is recorded with the job when the study fires.
+            assignment = identify_sequences(self._sequence_facts(study), self._selection)
+            decision = decide(self._snapshot(study, assignment), policy, now)
 
             if decision.verdict is Verdict.WAIT:
                 if (
@@ -182,7 +185,7 @@ class CompletionMonitor:
                         "study deadline passed; waiting on", extra={"reason": decision.reason}
                     )
                 return None
-            return self._conclude(session, study, route, decision, now)
+            return self._conclude(session, study, route, decision, assignment, now)
 
     def _conclude(
         self,
@@ -190,6 +193,7 @@ class CompletionMonitor:
         study: ReceivingStudy,
         route: RoutingDecision,
         decision: CompletionDecision,
+        assignment: RoleAssignment,
         now: datetime,
     ) -> StudyOutcome | None:
         if decision.verdict is Verdict.DISCARD:
@@ -214,7 +218,7 @@ class CompletionMonitor:
         }
         job_id = None
         if new_state == StudyState.COMPLETE:
-            job_id = self._job_for(session, study, reason, route.rule, detail)
+            job_id = self._job_for(session, study, reason, route.rule, detail, assignment)
         record_node_event(
             session, f"study_{new_state}", detail | {"job_id": job_id}, study_id=study.study_id
         )
@@ -235,6 +239,7 @@ class CompletionMonitor:
         reason: str,
         rule: str | None,
         detail: dict[str, object],
+        assignment: RoleAssignment,
     ) -> int:
         series_ids = [series.series_id for series in study.series]
         previous = latest_job(session, study.study_id)
@@ -259,9 +264,5 @@ class CompletionMonitor:
             series_ids=series_ids,
             detail=detail,
         )
-        append_job_event(session, job.id, "selection", self._identify(study))
+        append_job_event(session, job.id, "selection", assignment.as_record())
         return job.id
-
-    def _identify(self, study: ReceivingStudy) -> dict[str, object]:
-        """Sequence identification from the captured headers, recorded with the job."""
-        return identify_sequences(self._sequence_facts(study), self._selection).as_record()

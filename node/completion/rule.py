@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from segnode.config.settings import CompletionPolicy, DeadlineAction, SelectionSettings
-from segnode.pipeline.selection import identify_sequences
+from segnode.pipeline.selection import RoleAssignment, identify_sequences
 from segnode.pipeline.sequence_facts import SequenceFacts
 
 
@@ -65,7 +65,11 @@ def series_roles(
     identification rejects (a localizer, diffusion, fewer than ``min_images`` images so
     far) has no role.
     """
-    assignment = identify_sequences(series, selection)
+    return roles_of(identify_sequences(series, selection))
+
+
+def roles_of(assignment: RoleAssignment) -> dict[str, frozenset[str]]:
+    """Series Instance UID -> its role in an identification already made (none if rejected)."""
     return {
         candidate.facts.series_instance_uid: (
             frozenset({candidate.role.value})

@@ -30,7 +30,10 @@ def cli() -> typer.Typer:
     return app
 
 
-def test_options_map_onto_the_train_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _record_training(
+    monkeypatch: pytest.MonkeyPatch, first_epoch: int, epochs_completed: int, metrics: dict[str, object]
+) -> list[TrainConfig]:
+    """Replace the trainer with one that records the TrainConfig the command built (no training)."""
     seen: list[TrainConfig] = []
 
     def fake_train(config: TrainConfig, progress: object = None) -> training.TrainResult:
@@ -41,12 +44,17 @@ def test_options_map_onto_the_train_config(tmp_path: Path, monkeypatch: pytest.M
             manifest_path=config.out_dir / "model" / "manifest.json",
             checkpoint_path=config.out_dir / "checkpoint.pt",
             log_path=config.out_dir / "train_log.jsonl",
-            first_epoch=3,
-            epochs_completed=4,
-            metrics={"epochs": 4},
+            first_epoch=first_epoch,
+            epochs_completed=epochs_completed,
+            metrics=metrics,
         )
 
     monkeypatch.setattr(training, "train", fake_train)
+    return seen
+
+
+def test_options_map_onto_the_train_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = _record_training(monkeypatch, first_epoch=3, epochs_completed=4, metrics={"epochs": 4})
     args = ["train", "--case", str(tmp_path / "a"), "--case", str(tmp_path / "b")]
     args += ["--val-case", str(tmp_path / "v"), "--root", str(tmp_path / "r")]
     args += ["--epochs", "4", "--crop", "128", "128", "96", "--filters", "16", "--seed", "7"]
@@ -106,22 +114,7 @@ def test_init_weights_id_resolves_in_the_registry_of_the_data_dir(
 
     write_model_folder(tmp_path / "source")
     ModelRegistry(tmp_path / "site" / "models").add_folder(tmp_path / "source")
-    seen: list[TrainConfig] = []
-
-    def fake_train(config: TrainConfig, progress: object = None) -> training.TrainResult:
-        seen.append(config)
-        return training.TrainResult(
-            model_dir=config.out_dir / "model",
-            weights_path=config.out_dir / "model" / "model.pt",
-            manifest_path=config.out_dir / "model" / "manifest.json",
-            checkpoint_path=config.out_dir / "checkpoint.pt",
-            log_path=config.out_dir / "train_log.jsonl",
-            first_epoch=1,
-            epochs_completed=1,
-            metrics={},
-        )
-
-    monkeypatch.setattr(training, "train", fake_train)
+    seen = _record_training(monkeypatch, first_epoch=1, epochs_completed=1, metrics={})
     args = ["train", "--case", str(tmp_path / "a"), "--out-dir", str(tmp_path / "run")]
     args += ["--init-weights", "tiny-random-test", "--data-dir", str(tmp_path / "site")]
     args += ["--init-filters", "16", "--learning-rate", "0.001", "--quiet"]
