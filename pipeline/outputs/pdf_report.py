@@ -28,10 +28,9 @@ from pydicom.uid import EncapsulatedPDFStorage, ExplicitVRLittleEndian
 
 from segnode.pipeline.outputs.errors import OutputError
 from segnode.pipeline.outputs.provenance import AlgorithmProvenance, SeriesSpec
-from segnode.pipeline.outputs.regions import REGION_COLOURS_RGB, RegionStatistics
+from segnode.pipeline.outputs.regions import REGION_COLOURS_RGB, REGION_NAMES, RegionStatistics
 from segnode.pipeline.outputs.secondary_capture import display_window, render_overlay
 from segnode.pipeline.outputs.source import SourceSeries, plane_geometry
-from segnode.pipeline.outputs.sr import REGION_NAMES
 from segnode.vocabulary import ALL_REGIONS, BASE_REGIONS, LabelConvention, Region
 
 #: A4 at 150 dpi.

@@ -30,6 +30,18 @@ REGION_COLOURS_RGB: MappingProxyType[Region, tuple[int, int, int]] = MappingProx
     }
 )
 
+#: How each region is named to a reader: its abbreviation, then its name (SR tracking
+#: identifiers, PDF, SC legend, OHIF's measurement panel).
+REGION_NAMES: MappingProxyType[Region, str] = MappingProxyType(
+    {
+        Region.WT: "WT whole tumor",
+        Region.TC: "TC tumor core",
+        Region.ET: "ET enhancing tumor",
+        Region.NCR: "NCR necrosis",
+        Region.ED: "ED edema",
+    }
+)
+
 
 def convention_of(et_label: int) -> LabelConvention:
     """The label convention whose ET label is ``et_label`` (4: BraTS 2017-2021, 3: 2023+).

@@ -36,19 +36,10 @@ from segnode.config.settings import SrRegionReference
 from segnode.pipeline.outputs.errors import OutputError
 from segnode.pipeline.outputs.outlines import mask_outlines
 from segnode.pipeline.outputs.provenance import AlgorithmProvenance, SeriesSpec
-from segnode.pipeline.outputs.regions import RegionStatistics
+from segnode.pipeline.outputs.regions import REGION_NAMES, RegionStatistics
 from segnode.pipeline.outputs.seg import segment_number
 from segnode.pipeline.outputs.source import SourceSeries
 from segnode.vocabulary import ALL_REGIONS, BASE_REGIONS, Region
-
-#: Tracking Identifier text of each group (what a viewer lists).
-REGION_NAMES: dict[Region, str] = {
-    Region.WT: "WT whole tumor",
-    Region.TC: "TC tumor core",
-    Region.ET: "ET enhancing tumor",
-    Region.NCR: "NCR necrosis",
-    Region.ED: "ED edema",
-}
 
 VolumetricGroup = (
     hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations

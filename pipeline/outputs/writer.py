@@ -45,6 +45,7 @@ from segnode.pipeline.outputs.secondary_capture import build_secondary_captures
 from segnode.pipeline.outputs.seg import build_segmentation
 from segnode.pipeline.outputs.source import SourceSeries, check_label_geometry, load_source_series
 from segnode.pipeline.outputs.sr import build_measurement_report
+from segnode.pipeline.quality.record import QualityReport
 from segnode.vocabulary import OUTPUT_KINDS, LabelConvention, OutputKind, Region
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,8 @@ class LabelledSeries:
     provenance: AlgorithmProvenance
     convention: LabelConvention
     form: SrRegionReference
+    quality: QualityReport
+    """The job's quality flags; every human-readable object shows them."""
 
 
 #: The objects built so far, per output (in :data:`OUTPUT_KINDS` order).
@@ -226,6 +229,7 @@ def write_results(
     settings: ResultSeriesSettings,
     outputs: Collection[OutputKind],
     out_dir: Path,
+    quality: QualityReport | None = None,
 ) -> ResultsRecord:
     """Write the requested result objects of one label map into ``out_dir``.
 
@@ -240,6 +244,7 @@ def write_results(
         settings: series numbers, description, manufacturer, SR region form.
         outputs: which of "seg", "sr", "sc", "pdf" to write.
         out_dir: an existing folder; files are named ``<kind>-<SOPInstanceUID>.dcm``.
+        quality: the job's quality report (no flags, no checks when None).
 
     Returns:
         The written objects (also iterable as a list) and the region volumes.
@@ -259,7 +264,9 @@ def write_results(
     masks = region_masks(label_array(labels, convention), convention)
     statistics = region_statistics(masks, voxel_volume_mm3(labels))
 
-    case = LabelledSeries(source, masks, statistics, provenance, convention, form)
+    case = LabelledSeries(
+        source, masks, statistics, provenance, convention, form, quality or QualityReport()
+    )
     built: dict[OutputKind, list[Dataset]] = {}
     for kind in wanted:
         built[kind] = BUILDERS[kind](case, SeriesSpec.for_kind(settings, kind), hd.UID(), built)
