@@ -33,6 +33,7 @@ from pydicom.datadict import tag_for_keyword
 from segnode.config.destinations import DEFAULT_PROTOCOL, DeliverySettings, destination_problem
 from segnode.config.errors import ConfigError
 from segnode.config.fields import AeTitle, Port, PositiveSeconds, Section
+from segnode.config.quality import QualitySettings
 from segnode.vocabulary import Role
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("node.toml")
@@ -269,6 +270,21 @@ class RoutingSettings(Section):
         return self
 
 
+class Substitute(Section):
+    """One entry of ``[selection] substitutes``: the series of ``stand_in`` replaces ``missing``."""
+
+    missing: Role
+    stand_in: Role
+
+    @model_validator(mode="after")
+    def _makes_sense(self) -> Substitute:
+        if self.missing is Role.T1C:
+            raise ValueError("the T1c cannot be substituted")
+        if self.missing is self.stand_in:
+            raise ValueError(f"{self.missing.value} cannot stand in for itself")
+        return self
+
+
 class SelectionSettings(Section):
     """Sequence identification (T1, T1c, T2, FLAIR): patterns a site may override.
 
@@ -294,6 +310,28 @@ class SelectionSettings(Section):
         "t1": r"(?<![a-z0-9])t1(w|c|ce)?(?![a-z0-9])|mprage|mp[-_ ]?rage|tfl|bravo|spgr|ffe|flash|vibe",
     }
     min_images: Annotated[int, Field(ge=1)] = 10
+    substitutes: tuple[Substitute, ...] = (
+        Substitute(missing=Role.T1, stand_in=Role.T1C),
+        Substitute(missing=Role.T2, stand_in=Role.FLAIR),
+        Substitute(missing=Role.FLAIR, stand_in=Role.T2),
+    )
+    """Which present series stands in for a missing one. Why: a result flagged "T1 missing,
+    the T1c stood in" serves a reader better than no result; the job's quality report raises
+    the flag and recommends review. The T1c never has a stand-in (enhancing tumour is defined
+    by contrast); an empty list makes every role required. A list, not a table: a site's
+    table would be merged with the defaults, a list replaces them."""
+
+    @property
+    def stand_in_for(self) -> dict[Role, Role]:
+        """Missing role -> the role standing in for it."""
+        return {entry.missing: entry.stand_in for entry in self.substitutes}
+
+    @model_validator(mode="after")
+    def _one_stand_in_per_role(self) -> SelectionSettings:
+        missing = [entry.missing for entry in self.substitutes]
+        if len(set(missing)) != len(missing):
+            raise ValueError("selection.substitutes: one stand-in per missing role")
+        return self
 
     @model_validator(mode="after")
     def _patterns_compile(self) -> SelectionSettings:
@@ -370,6 +408,55 @@ class ResultSeriesSettings(Section):
     """Prefix of every result series description: "<this> SEG - not for clinical use"."""
     sr_region_reference: SrRegionReference = SrRegionReference.OUTLINES
     manufacturer: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "segnode"
+    registered_series_segs: list[Role] = [Role.FLAIR, Role.T2]
+    """Series that also get a SEG in their own geometry when registration moved them against
+    the T1c. Why: a viewer draws the T1c's SEG on another series by patient coordinates, so
+    on a series the head moved between (found ~16 mm / 8-14° in TCGA-FG-6692) it lies beside
+    the lesion; FLAIR is where oedema is read. Empty: only the T1c's SEG."""
+    registered_series_min_translation_mm: Annotated[float, Field(ge=0)] = 1.0
+    """A series whose registration moved it less than this (at the centre of rotation, the
+    brain's centre of mass) and ..."""
+    registered_series_min_rotation_deg: Annotated[float, Field(ge=0)] = 1.0
+    """... rotated it less than this gets no SEG of its own: the T1c's is right enough."""
+    registered_series_first_number: Annotated[int, Field(ge=1)] = 9905
+    """Series Number of the FLAIR's SEG; the T2's is one more, the T1's two more (fixed per
+    role, so a series keeps its number whichever others moved)."""
+
+    @model_validator(mode="after")
+    def _registered_series_fit(self) -> ResultSeriesSettings:
+        roles = self.registered_series_segs
+        if Role.T1C in roles:
+            raise ValueError(
+                "result_series.registered_series_segs: the T1c is the reference every other "
+                "series is registered to; its SEG is always written"
+            )
+        if len(set(roles)) != len(roles):
+            raise ValueError("result_series.registered_series_segs: each role may be listed once")
+        first = self.registered_series_first_number
+        taken = {
+            self.seg_series_number, self.sr_series_number, self.sc_series_number,
+            self.pdf_series_number,
+        }
+        if roles and taken & set(range(first, first + len(REGISTERED_SERIES_ORDER))):
+            raise ValueError(
+                f"result_series.registered_series_first_number: {first}..."
+                f"{first + len(REGISTERED_SERIES_ORDER) - 1} overlaps the SEG/SR/SC/PDF series "
+                "numbers"
+            )
+        for role in roles:
+            # The description the writer gives that SEG must fit a LO (64 characters).
+            length = len(f"{self.series_description} SEG on {role.value} - not for clinical use")
+            if length > 64:
+                raise ValueError(
+                    f"result_series.series_description is {len(self.series_description)} "
+                    f"characters; with {role.value} in registered_series_segs its SEG's "
+                    f"description would be {length} (at most 64): shorten it"
+                )
+        return self
+
+
+#: Which registered series' SEG gets which Series Number (registered_series_first_number + index).
+REGISTERED_SERIES_ORDER: tuple[Role, ...] = (Role.FLAIR, Role.T2, Role.T1)
 
 
 class JobSettings(Section):
@@ -419,6 +506,7 @@ class Settings(BaseSettings):
     preprocessing: PreprocessingSettings = PreprocessingSettings()
     model: ModelSettings = ModelSettings()
     result_series: ResultSeriesSettings = ResultSeriesSettings()
+    quality: QualitySettings = QualitySettings()
     delivery: DeliverySettings = DeliverySettings()
     jobs: JobSettings = JobSettings()
     logging: LoggingSettings = LoggingSettings()

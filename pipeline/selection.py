@@ -13,8 +13,9 @@ with its reasons, so a job can show why a series was or was not chosen.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from segnode.config.settings import SelectionSettings
 from segnode.pipeline.errors import SelectionError
@@ -38,6 +39,21 @@ _DERIVED_IMAGE_TYPES = {
 }
 
 
+class Evidence(StrEnum):
+    """What a decision about a series rests on, strongest first (the quality checks read it)."""
+
+    PHYSICS = "physics"
+    """TR, TE, TI and the sequence type."""
+    CONTRAST_TAG = "contrast_tag"
+    """ContrastBolusAgent (0018,0010)."""
+    WORDS = "words"
+    """SeriesDescription and ProtocolName only."""
+    ACQUISITION_ORDER = "acquisition_order"
+    """Acquired after (or before) a series with contrast evidence."""
+    NONE = "none"
+    """Nothing: a default was taken (a T1 without contrast evidence is pre-contrast)."""
+
+
 @dataclass(slots=True)
 class Candidate:
     """One series and what identification made of it."""
@@ -47,6 +63,10 @@ class Candidate:
     rejected: str | None = None
     reasons: list[str] = field(default_factory=list)
     chosen: bool = False
+    identified_by: Evidence | None = None
+    """What decided the weighting: the physics tags, or only the words."""
+    contrast: Evidence | None = None
+    """For T1-weighted series: what decided pre- or post-contrast."""
 
     @property
     def score(self) -> tuple[int, float, int]:
@@ -63,6 +83,8 @@ class Candidate:
             "chosen": self.chosen,
             "rejected": self.rejected,
             "reasons": list(self.reasons),
+            "identified_by": self.identified_by.value if self.identified_by else None,
+            "contrast": self.contrast.value if self.contrast else None,
         }
 
 
@@ -121,6 +143,14 @@ def rejection(facts: SequenceFacts, settings: SelectionSettings) -> str | None:
 
 def weighting(facts: SequenceFacts, settings: SelectionSettings) -> tuple[str | None, str]:
     """'t1', 't2', 'flair' or None, with the reason; physics first, then words."""
+    decided = physics_weighting(facts)
+    if decided is not None:
+        return decided
+    return word_weighting(facts, settings)
+
+
+def physics_weighting(facts: SequenceFacts) -> tuple[str | None, str] | None:
+    """The weighting the physics tags decide (None when they leave it open)."""
     tr, te, ti = facts.repetition_time_ms, facts.echo_time_ms, facts.inversion_time_ms
     inversion = "IR" in facts.scanning_sequence or (ti is not None and ti > 0)
     if inversion and ti is not None and ti >= 1500 and (te is None or te >= 60):
@@ -140,6 +170,11 @@ def weighting(facts: SequenceFacts, settings: SelectionSettings) -> tuple[str | 
                 None,
                 f"long TR {tr:g} ms and short TE {te:g} ms: proton density, not a BraTS input",
             )
+    return None
+
+
+def word_weighting(facts: SequenceFacts, settings: SelectionSettings) -> tuple[str | None, str]:
+    """The weighting the description and protocol words name, when the physics cannot tell."""
     for role in ("flair", "t2", "t1"):
         pattern = settings.role_patterns.get(role)
         if pattern and _search(pattern, facts.text):
@@ -175,6 +210,9 @@ def _split_t1(t1s: list[Candidate], settings: SelectionSettings) -> None:
             unknown.append(candidate)
         else:
             candidate.role = Role.T1C if post else Role.T1
+            candidate.contrast = (
+                Evidence.CONTRAST_TAG if post and candidate.facts.contrast_agent else Evidence.WORDS
+            )
     if not unknown:
         return
     known_post = [c for c in t1s if c.role is Role.T1C]
@@ -183,6 +221,7 @@ def _split_t1(t1s: list[Candidate], settings: SelectionSettings) -> None:
         for candidate in unknown:
             before = _acquisition_key(candidate) < first_post
             candidate.role = Role.T1 if before else Role.T1C
+            candidate.contrast = Evidence.ACQUISITION_ORDER
             candidate.reasons.append(
                 f"acquired {'before' if before else 'after'} the first post-contrast series"
             )
@@ -191,6 +230,7 @@ def _split_t1(t1s: list[Candidate], settings: SelectionSettings) -> None:
         # alone (a study with two pre-contrast T1s would be mislabelled).
         for candidate in unknown:
             candidate.role = Role.T1
+            candidate.contrast = Evidence.NONE
             candidate.reasons.append(
                 "no series of the study shows contrast evidence: taken as pre-contrast"
             )
@@ -207,7 +247,9 @@ def identify_sequences(
         if reason is not None:
             candidate.rejected = reason
             continue
-        kind, why = weighting(candidate.facts, settings)
+        decided = physics_weighting(candidate.facts)
+        candidate.identified_by = Evidence.PHYSICS if decided is not None else Evidence.WORDS
+        kind, why = decided if decided is not None else word_weighting(candidate.facts, settings)
         candidate.reasons.append(why)
         if kind is None:
             candidate.rejected = why
@@ -234,6 +276,15 @@ def identify_sequences(
                 )
         chosen[role] = best
     return RoleAssignment(chosen, candidates)
+
+
+def stand_ins(assignment: RoleAssignment, substitutes: Mapping[Role, Role]) -> dict[Role, Role]:
+    """Each missing role that a present one may stand in for -> that role (``[selection] substitutes``)."""
+    return {
+        missing: substitutes[missing]
+        for missing in assignment.missing
+        if missing in substitutes and substitutes[missing] in assignment.chosen
+    }
 
 
 def require_roles(assignment: RoleAssignment, required: Iterable[Role] = Role) -> None:

@@ -30,9 +30,11 @@ Layout::
     preprocessed/to_reference.tfm  grid -> T1c space transform
     preprocessed/record.json       what preprocessing did (free-form: the step's own record)
     inference/labels_source.mha    labels in the T1c source geometry
+    inference/labels_grid.mha      labels on the 1 mm grid (mapped onto moved series' own grids)
     inference/record.json          InferenceRecord: models (id, version, sha256), labels, device
     outputs/*.dcm                  the DICOM results
     results.json                   Results: the written objects and the volumes per region
+    quality.json                   QualityReport: the quality checks, their figures and flags
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from pydantic import (
 
 from segnode.files import atomic_write
 from segnode.pipeline.errors import PipelineError
+from segnode.pipeline.quality.record import QualityReport, TtaAgreement
 from segnode.vocabulary import LabelConvention, OutputKind, Region, Role
 
 # -- the names in a job folder (relative to its root) ------------------------------------
@@ -67,9 +70,11 @@ PREPROCESSED_GRID = "preprocessed/grid.mha"
 PREPROCESSED_TRANSFORM = "preprocessed/to_reference.tfm"
 PREPROCESSING_RECORD = "preprocessed/record.json"
 SOURCE_LABELS = "inference/labels_source.mha"
+GRID_LABELS = "inference/labels_grid.mha"
 INFERENCE_RECORD = "inference/record.json"
 OUTPUTS = "outputs"
 RESULTS = "results.json"
+QUALITY = "quality.json"
 
 #: Most validation problems named in one error message (the rest are counted).
 _MAX_PROBLEMS = 5
@@ -162,6 +167,9 @@ class Selection(JobFileRecord):
     roles: dict[Role, SelectedSeries]
     record: JsonObject
     """The role assignment's own record: every candidate, its role or rejection, and reasons."""
+    substitutes: dict[Role, Role] = Field(default_factory=dict)
+    """A missing role -> the role whose series stands in for it (``roles`` holds that series
+    under both); the quality report flags each."""
 
     def series(self, role: Role) -> SelectedSeries:
         """The series chosen for ``role``.
@@ -216,6 +224,8 @@ class InferenceRecord(JobFileRecord):
     postprocessing: JsonObject
     device: str
     tta: bool
+    tta_agreement: TtaAgreement | None = None
+    """How far the TTA passes (and ensemble members) agree; None with a single pass."""
 
     @property
     def primary_model(self) -> ModelIdentity:
@@ -236,6 +246,9 @@ class ResultObject(JobFileRecord):
     sop_class_uid: str
     sop_instance_uid: str
     series_instance_uid: str
+    source_role: Role = Field(default=Role.T1C, exclude_if=lambda role: role is Role.T1C)
+    """The series the object lies on: the T1c, or (a SEG only) a series registration moved
+    against it. Written only when not the T1c, so the T1c's objects read as they always did."""
 
 
 class RegionVolume(JobFileRecord):
@@ -323,6 +336,10 @@ class Workspace:
         return self.root / SOURCE_LABELS
 
     @property
+    def grid_labels_path(self) -> Path:
+        return self.root / GRID_LABELS
+
+    @property
     def inference_record_path(self) -> Path:
         return self.root / INFERENCE_RECORD
 
@@ -333,6 +350,10 @@ class Workspace:
     @property
     def results_path(self) -> Path:
         return self.root / RESULTS
+
+    @property
+    def quality_path(self) -> Path:
+        return self.root / QUALITY
 
     # -- writing and reading any file ------------------------------------------------------
     def name_of(self, path: Path) -> str:
@@ -421,6 +442,21 @@ class Workspace:
 
     def read_results(self) -> Results:
         return self._read(self.results_path, Results)
+
+    def write_quality(self, report: QualityReport) -> Path:
+        return self._write_text(self.quality_path, report.model_dump_json(indent=2))
+
+    def read_quality(self) -> QualityReport:
+        """The job's quality report.
+
+        Raises:
+            WorkspaceError: missing or malformed.
+        """
+        text = self._read_text(self.quality_path)
+        try:
+            return QualityReport.model_validate_json(text)
+        except ValidationError as exc:
+            raise WorkspaceError(f"{QUALITY} is malformed: {_problems(exc)}") from None
 
     def prune_intermediates(self) -> int:
         """Delete the converted volumes and the network input (tens of MB per job); bytes freed.

@@ -12,7 +12,7 @@ refused with a :class:`~segnode.storage.errors.JobStateError`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -293,6 +293,17 @@ def record_models(session: Session, job_id: int, model_ids: Sequence[str], sha25
     """Which model(s) segmented the job: the ids joined by ``+`` and the first one's weights hash."""
     session.execute(
         update(Job).where(Job.id == job_id).values(model_id="+".join(model_ids), model_sha256=sha256)
+    )
+
+
+def record_quality(
+    session: Session, job_id: int, review_recommended: bool, flags: Sequence[Mapping[str, Any]]
+) -> None:
+    """The write step's quality verdict, on the job row (where lists and dashboards read it)."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(review_recommended=review_recommended, quality_flags=[dict(flag) for flag in flags])
     )
 
 

@@ -214,6 +214,10 @@ class Job(Base):
     """Not before this time (backoff after a transient failure, or a pending delivery)."""
     model_id: Mapped[str | None] = mapped_column(String(128))
     model_sha256: Mapped[str | None] = mapped_column(String(64))
+    review_recommended: Mapped[bool | None]
+    """Set by the write step's quality checks: true when any flag was raised (NULL before)."""
+    quality_flags: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    """The raised flags: ``{"check", "role", "summary"}`` each (``pipeline/quality/record.py``)."""
     finished_at: Mapped[datetime | None]
 
     events: Mapped[list[JobEvent]] = relationship(order_by="JobEvent.id")

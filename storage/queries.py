@@ -86,6 +86,8 @@ class JobRow(_Row):
     trigger: str
     failed_step: str | None
     error: str | None
+    review_recommended: bool | None
+    """True when the result's quality checks raised a flag; None before the write step."""
 
 
 def list_jobs(session: Session) -> list[JobRow]:
@@ -100,6 +102,7 @@ def list_jobs(session: Session) -> list[JobRow]:
             trigger=job.trigger,
             failed_step=job.failed_step,
             error=job.error,
+            review_recommended=job.review_recommended,
         )
         for job in session.execute(select(Job).order_by(Job.id)).scalars()
     ]
@@ -141,6 +144,9 @@ class JobDetail(_Row):
     next_attempt_at: datetime | None
     model_id: str | None
     model_sha256: str | None
+    review_recommended: bool | None
+    quality_flags: list[dict[str, Any]]
+    """The quality flags the write step raised (check, role, summary)."""
     trigger: str
     routing_rule: str | None
     deliveries: list[DeliveryRow]
@@ -165,6 +171,8 @@ def job_detail(session: Session, job_id: int) -> JobDetail | None:
         next_attempt_at=job.next_attempt_at,
         model_id=job.model_id,
         model_sha256=job.model_sha256,
+        review_recommended=job.review_recommended,
+        quality_flags=list(job.quality_flags or []),
         trigger=job.trigger,
         routing_rule=job.routing_rule,
         deliveries=[

@@ -40,14 +40,15 @@ def jobs_list(
         typer.echo(json.dumps([row.to_json() for row in rows], indent=2))
         return
     for row in rows:
-        typer.echo(f"{row.id:>5}  study {row.study_id:>5}  {row.state:<12} {row.trigger}")
+        review = "  REVIEW" if row.review_recommended else ""
+        typer.echo(f"{row.id:>5}  study {row.study_id:>5}  {row.state:<12} {row.trigger}{review}")
         if row.error:
             typer.echo(f"       {row.error}")
 
 
 @jobs_app.command("show")
 def jobs_show(job_id: int, config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
-    """Show one job: state, failure, model, deliveries and its event log (JSON)."""
+    """Show one job: state, failure, model, quality flags, deliveries and its event log (JSON)."""
     sessions = open_sessions(config, data_dir)
     with read_only_session(sessions) as session:
         detail = job_detail(session, job_id)

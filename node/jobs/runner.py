@@ -54,6 +54,7 @@ from segnode.storage.jobs import (
     postpone_sending,
     postpone_step,
     record_models,
+    record_quality,
     runnable_job_ids,
 )
 from segnode.storage.models import utc_now
@@ -180,6 +181,14 @@ class JobRunner:
                     inference = workspace.read_inference()
                     record_models(
                         session, job_id, [m.id for m in inference.models], inference.primary_model.sha256
+                    )
+                if state is JobState.WRITING and workspace.quality_path.is_file():
+                    quality = workspace.read_quality()
+                    record_quality(
+                        session,
+                        job_id,
+                        quality.review_recommended,
+                        [flag.model_dump(mode="json", exclude_none=True) for flag in quality.flags],
                     )
                 moved = advance_job(
                     session,

@@ -23,6 +23,7 @@ import torch.nn.functional as functional
 from monai.inferers.utils import sliding_window_inference
 
 from segnode.pipeline.errors import InferenceError
+from segnode.pipeline.model.agreement import PassAgreement
 from segnode.pipeline.model.network import segmentation_logits
 from segnode.pipeline.model.resolution import upsample
 from segnode.vocabulary import NESTED_REGION_KEYS, NESTED_REGIONS
@@ -225,6 +226,7 @@ def predict_regions(
     amp_dtype: torch.dtype | None,
     sw_batch_size: int = 1,
     spacing_factor: int = 1,
+    agreement: PassAgreement | None = None,
 ) -> np.ndarray:
     """Probabilities of WT, TC and ET for one normalised multi-channel volume.
 
@@ -249,6 +251,8 @@ def predict_regions(
             1 mm grid): the padded image is block-averaged by this factor before the network
             and the probabilities are interpolated back (``segnode.pipeline.model.resolution``);
             ``roi_size`` is then on the model's grid.
+        agreement: if given, every pass (each flip of each network, flipped back) is added
+            to it, on the model's (padded) grid (``segnode.pipeline.model.agreement``).
 
     Returns:
         float32 array (3, x, y, z) of probabilities in ``NESTED_REGIONS`` order (WT, TC, ET).
@@ -306,7 +310,10 @@ def predict_regions(
                     )
                 for index, axes in enumerate(chosen):
                     one = probabilities[index : index + 1]
-                    total += torch.flip(one, axes) if axes else one
+                    restored = torch.flip(one, axes) if axes else one
+                    total += restored
+                    if agreement is not None:
+                        agreement.add(restored)
     mean = total / (len(networks) * len(flips))
     mean = _crop(upsample(mean, spacing_factor, fine_shape), padding)[0, order]
     result: np.ndarray = mean.cpu().numpy().astype(np.float32, copy=False)

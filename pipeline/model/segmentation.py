@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from segnode.config.settings import ModelSettings
+from segnode.pipeline.model.agreement import AgreementSummary, PassAgreement
 from segnode.pipeline.model.device import autocast_dtype, select_device
-from segnode.pipeline.model.inference import choose_roi, predict_regions
+from segnode.pipeline.model.inference import choose_roi, predict_regions, region_order
 from segnode.pipeline.model.postprocess import (
     PostprocessRecord,
     postprocess_with,
@@ -57,6 +58,8 @@ class SegmentationResult:
     models: tuple[dict[str, str], ...]
     """id, version and sha256 of every model used (for the job's provenance)."""
     record: dict[str, object] = field(default_factory=dict)
+    agreement: AgreementSummary | None = None
+    """How far the TTA passes (and ensemble members) agree; None with a single pass."""
     worker_pid: int = 0
 
 
@@ -78,16 +81,20 @@ def region_probabilities(
     tta: bool,
     device: torch.device,
     roi_size: tuple[int, int, int] | None = None,
+    agreements: list[AgreementSummary] | None = None,
 ) -> tuple[np.ndarray, tuple[int, int, int] | None]:
     """Mean WT/TC/ET probabilities of ``models`` on ``image``, and the window used.
 
     Each model gets the channels in its own manifest's order and runs on its own grid
     (``spacing_factor``); autocast follows the device policy. ``roi_size`` None lets
-    ``choose_roi`` decide per model (full volume when it fits).
+    ``choose_roi`` decide per model (full volume when it fits). With ``agreements``, one
+    summary of the passes' agreement per model is appended to it (models on different
+    grids cannot be compared voxel by voxel).
     """
     probabilities = []
     window = roi_size
     for model in models:
+        collector = PassAgreement() if agreements is not None else None
         order = [list(roles).index(role) for role in model.manifest.input_channels]
         factor = model.manifest.spacing_factor()
         if roi_size is None:
@@ -102,8 +109,12 @@ def region_probabilities(
                 device=device,
                 amp_dtype=autocast_dtype(device),
                 spacing_factor=factor,
+                agreement=collector,
             )
         )
+        if agreements is not None and collector is not None:
+            order = region_order(model.manifest.output_channels)
+            agreements.append(collector.summary(order, voxel_scale=factor**3))
     mean: np.ndarray = np.mean(probabilities, axis=0)
     return mean, window
 
@@ -129,8 +140,14 @@ def segment(request: SegmentationRequest) -> SegmentationResult:
     """Each model gets the channels in its own manifest's order; outputs are averaged."""
     device = select_device(request.model.device)
     loaded = [_model(request.data_dir, model_id, device) for model_id in request.model_ids]
+    agreements: list[AgreementSummary] = []
     mean, _ = region_probabilities(
-        loaded, request.image, request.roles, tta=request.model.tta, device=device
+        loaded,
+        request.image,
+        request.roles,
+        tta=request.model.tta,
+        device=device,
+        agreements=agreements,
     )
     labels, record = labels_from(mean, loaded[0], request.model, request.convention)
     return SegmentationResult(
@@ -143,5 +160,22 @@ def segment(request: SegmentationRequest) -> SegmentationResult:
             "device": str(device),
             "tta": request.model.tta,
         },
+        agreement=combined_agreement(agreements),
         worker_pid=os.getpid(),
+    )
+
+
+def combined_agreement(summaries: Sequence[AgreementSummary]) -> AgreementSummary | None:
+    """One summary for an ensemble: every pass's volumes, the worst member's voxel figures.
+
+    None with fewer than two passes in all (no TTA, one model): nothing to compare.
+    """
+    if sum(summary.passes for summary in summaries) < 2:
+        return None
+    regions = summaries[0].pass_voxels.keys()
+    return AgreementSummary(
+        passes=sum(summary.passes for summary in summaries),
+        pass_voxels={r: tuple(n for s in summaries for n in s.pass_voxels[r]) for r in regions},
+        disagreement={r: max(s.disagreement[r] for s in summaries) for r in regions},
+        mean_std={r: max(s.mean_std[r] for s in summaries) for r in regions},
     )

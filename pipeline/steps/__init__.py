@@ -27,6 +27,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
+from segnode.config.quality import QualitySettings
 from segnode.config.settings import (
     ModelSettings,
     PreprocessingSettings,
@@ -58,6 +59,7 @@ class StepSettings:
     model: ModelSettings
     result_series: ResultSeriesSettings
     outputs: tuple[OutputKind, ...] = ("seg", "sr")
+    quality: QualitySettings = QualitySettings()
 
     @classmethod
     def from_settings(cls, settings: Settings, outputs: Collection[OutputKind]) -> StepSettings:
@@ -68,6 +70,7 @@ class StepSettings:
             preprocessing=settings.preprocessing,
             model=settings.model,
             result_series=settings.result_series,
+            quality=settings.quality,
             outputs=tuple(kind for kind in OUTPUT_KINDS if kind in wanted),
         )
 

@@ -2,14 +2,35 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import numpy as np
 
+from segnode.pipeline.model.agreement import AgreementSummary
 from segnode.pipeline.model.segmentation import SegmentationRequest, segment
 from segnode.pipeline.preprocessing import labels_to_source
+from segnode.pipeline.quality.record import TtaAgreement
 from segnode.pipeline.steps import StepSettings
 from segnode.pipeline.workspace import InferenceRecord, Workspace, jsonable
 from segnode.pipeline.workspace_images import read_preprocessed, read_volume, write_image
 from segnode.vocabulary import CHANNEL_ORDER, LabelConvention, Role
+
+
+def _agreement(summary: AgreementSummary | None, spacing_mm: Sequence[float]) -> TtaAgreement | None:
+    """The passes' agreement in the reader's units (ml on the network's grid)."""
+    if summary is None:
+        return None
+    voxel_ml = math.prod(spacing_mm) / 1000.0
+    return TtaAgreement(
+        passes=summary.passes,
+        volume_ml={
+            region: (round(low, 2), round(high, 2))
+            for region, (low, high) in summary.volumes_ml(voxel_ml).items()
+        },
+        disagreement={region: round(share, 4) for region, share in summary.disagreement.items()},
+        mean_std={region: round(std, 4) for region, std in summary.mean_std.items()},
+    )
 
 
 def run(workspace: Workspace, settings: StepSettings) -> dict[str, object]:
@@ -31,6 +52,7 @@ def run(workspace: Workspace, settings: StepSettings) -> dict[str, object]:
             "models": result.models,
             "label_convention": LabelConvention.BRATS_2021,
             "grid_label_voxels": grid_counts,
+            "tta_agreement": _agreement(result.agreement, study.grid.GetSpacing()),
             **jsonable(result.record),
         }
     )

@@ -1,9 +1,11 @@
-"""Step ``write``: DICOM-SEG, SR (and SC/PDF when a destination wants them) in the T1c's study."""
+"""Step ``write``: the quality checks, then DICOM-SEG, SR (and SC/PDF when a destination wants
+them) in the T1c's study, each showing the quality flags."""
 
 from __future__ import annotations
 
 from segnode.pipeline.outputs.provenance import provenance_from
 from segnode.pipeline.outputs.writer import write_results
+from segnode.pipeline.quality.assess import assess
 from segnode.pipeline.steps import StepSettings
 from segnode.pipeline.workspace import Results, Workspace
 from segnode.pipeline.workspace_images import read_image, read_volume
@@ -14,6 +16,8 @@ def run(workspace: Workspace, settings: StepSettings) -> dict[str, object]:
     """Write the result objects into ``outputs/`` and their list into ``results.json``."""
     inference = workspace.read_inference()
     t1c = read_volume(workspace, Role.T1C)
+    quality = assess(workspace, settings.quality)
+    workspace.write_quality(quality)
     workspace.outputs_dir.mkdir(parents=True, exist_ok=True)
     written = write_results(
         source_files=workspace.read_selection().files(Role.T1C),
@@ -24,7 +28,8 @@ def run(workspace: Workspace, settings: StepSettings) -> dict[str, object]:
         settings=settings.result_series,
         outputs=settings.outputs,
         out_dir=workspace.outputs_dir,
+        quality=quality,
     )
     results = Results.model_validate(written.as_record())
     workspace.write_results(results)
-    return results.model_dump(mode="json")
+    return {**results.model_dump(mode="json"), "quality": quality.model_dump(mode="json")}

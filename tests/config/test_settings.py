@@ -12,6 +12,7 @@ from segnode.config.destinations import DimseDestination, StowDestination
 from segnode.config.errors import ConfigError
 from segnode.config.settings import DEFAULT_CONFIG_PATH, Settings, load_settings
 from segnode.node.cli import app
+from segnode.vocabulary import Role
 
 
 def test_default_file_equals_model_defaults_except_the_shipped_rules() -> None:
@@ -24,8 +25,8 @@ def test_default_file_equals_model_defaults_except_the_shipped_rules() -> None:
 def test_every_option_in_the_model_is_documented_in_the_default_file() -> None:
     text = DEFAULT_CONFIG_PATH.read_text()
     for section in (
-        "listener", "storage", "selection", "preprocessing", "model", "result_series", "delivery",
-        "jobs", "logging",
+        "listener", "storage", "selection", "preprocessing", "model", "result_series", "quality",
+        "delivery", "jobs", "logging",
     ):
         model = getattr(Settings(), section)
         for key in type(model).model_fields:
@@ -89,7 +90,7 @@ def test_default_file_is_valid_toml_with_documented_sections() -> None:
     data = tomllib.loads(DEFAULT_CONFIG_PATH.read_text())
     assert set(data) == {
         "listener", "storage", "completion", "routing", "selection", "preprocessing", "model",
-        "result_series", "delivery", "jobs", "logging",
+        "result_series", "quality", "delivery", "jobs", "logging",
     }
 
 
@@ -195,3 +196,27 @@ def test_model_device_accepts_the_device_policys_names(device: str) -> None:
 def test_model_device_refuses_other_names_naming_the_key(device: str) -> None:
     with pytest.raises(ConfigError, match=r"model\.device"):
         load_settings(overrides={"model": {"device": device}})
+
+
+def test_the_t1c_has_no_stand_in_and_a_role_not_itself(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text('[selection]\nsubstitutes = [{ missing = "t1c", stand_in = "t1" }]\n')
+    with pytest.raises(ConfigError, match="the T1c cannot be substituted"):
+        load_settings(path)
+    path.write_text('[selection]\nsubstitutes = [{ missing = "t2", stand_in = "t2" }]\n')
+    with pytest.raises(ConfigError, match="t2 cannot stand in for itself"):
+        load_settings(path)
+    path.write_text('[selection]\nsubstitutes = [{ missing = "t1", stand_in = "t1c" }]\n')
+    assert load_settings(path).selection.stand_in_for == {Role.T1: Role.T1C}  # replaces the defaults
+    path.write_text("[selection]\nsubstitutes = []\n")
+    assert load_settings(path).selection.stand_in_for == {}
+
+
+def test_quality_limits_are_checked(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text("[quality]\nmin_brain_ml = 2500\n")
+    with pytest.raises(ConfigError, match="min_brain_ml must be below max_brain_ml"):
+        load_settings(path)
+    path.write_text("[quality]\nmax_motion_mm = 0\n")
+    with pytest.raises(ConfigError, match="quality.max_motion_mm"):
+        load_settings(path)

@@ -19,13 +19,14 @@ from segnode.config.settings import Settings
 from segnode.node.jobs.runner import JobRunner, job_workspace
 from segnode.node.service import open_storage
 from segnode.pipeline.errors import PipelineError
+from segnode.pipeline.quality.record import QaCheck, QaFlag, QualityReport
 from segnode.pipeline.steps import STEP_ORDER
 from segnode.pipeline.workspace import InferenceRecord, ModelIdentity, Workspace
 from segnode.storage.instances import record_instance
 from segnode.storage.job_states import JobState
 from segnode.storage.jobs import create_job
 from segnode.storage.models import Job, JobEvent
-from segnode.vocabulary import LabelConvention
+from segnode.vocabulary import LabelConvention, Role
 from tests.storage.records import instance_record
 
 
@@ -44,6 +45,9 @@ class ScriptedPool:
         if isinstance(answer, InferenceRecord):  # the infer step writes its record into the job folder
             Workspace(args[0]).write_inference(answer)
             return answer.model_dump(mode="json")
+        if isinstance(answer, QualityReport):  # so does the write step, its quality report
+            Workspace(args[0]).write_quality(answer)
+            return {"quality": answer.model_dump(mode="json")}
         return answer
 
     def close(self) -> None:
@@ -127,3 +131,28 @@ def test_a_transient_error_postpones_the_step_and_a_permanent_one_fails_the_job(
     job, kinds = _job(runner._sessions, job_id)
     assert (job.state, job.failed_step) == (JobState.FAILED, "converting")
     assert job.error == "converting: slice spacing not uniform" and kinds[-1] == "failed"
+
+
+def test_the_write_steps_quality_verdict_lands_on_the_job_row(
+    make_settings: Callable[..., Settings],
+) -> None:
+    flag = QaFlag(check=QaCheck.MOTION, role=Role.FLAIR, summary="FLAIR is 16.2 mm / 1.0° from the T1c")
+    report = QualityReport(flags=(flag,), checked=(QaCheck.MOTION,))
+    runner, _, job_id = _runner(make_settings(), {"infer": MODELS, "write": report})
+    with runner._sessions() as session:
+        assert session.get(Job, job_id).review_recommended is None  # not assessed yet
+    runner.run_job(job_id)
+    job, _ = _job(runner._sessions, job_id)
+    assert job.state is JobState.DONE
+    assert job.review_recommended is True
+    assert job.quality_flags == [
+        {"check": "motion", "summary": "FLAIR is 16.2 mm / 1.0° from the T1c", "role": "flair"}
+    ]
+
+
+def test_a_clean_quality_report_records_no_review(make_settings: Callable[..., Settings]) -> None:
+    report = QualityReport(checked=(QaCheck.MOTION, QaCheck.NOT_A_BRAIN))
+    runner, _, job_id = _runner(make_settings(), {"infer": MODELS, "write": report})
+    runner.run_job(job_id)
+    job, _ = _job(runner._sessions, job_id)
+    assert (job.review_recommended, job.quality_flags) == (False, [])
