@@ -83,11 +83,14 @@ def run(
     volumes_ml = {
         region.value: round(volume.ml, 3) for region, volume in results.volumes.regions.items()
     }
+    quality = workspace.read_quality()
     summary = {
         "study_instance_uid": study_uid,
         "unreadable_files": unreadable,
         "objects": [obj.model_dump(mode="json") for obj in written],
         "volumes_ml": volumes_ml,
+        "review_recommended": quality.review_recommended,
+        "quality_flags": [flag.model_dump(mode="json", exclude_none=True) for flag in quality.flags],
         "steps": steps,
         "work_dir": str(workspace.root),
     }
@@ -98,6 +101,8 @@ def run(
         typer.echo(f"wrote {obj.kind:<4} {obj.path}")
     for region, volume in volumes_ml.items():
         typer.echo(f"{region:>4} {volume:8.2f} ml")
+    for line in quality.lines():
+        typer.echo(line)
 
 
 def register(app: typer.Typer) -> None:
