@@ -6,7 +6,8 @@ sequence substituted, a lesion unlike the training set's) the passes draw differ
 and a reader should know before trusting the volumes. Three figures per network region (WT,
 TC, ET), from running sums, so memory stays one extra volume whatever the number of passes:
 
-- the volume each single pass gives (probability > 0.5), as (smallest, largest);
+- the volume each single pass gives (probability above the post-processing's threshold, so
+  a pass's volume is comparable with the result's), as (smallest, largest);
 - the disagreement: among voxels that any pass puts in the region, the share that not every
   pass does (0 when all passes draw the same region, 1 when no voxel is shared by all);
 - the mean voxel-wise standard deviation of the passes' probabilities over those voxels.
@@ -50,6 +51,8 @@ class AgreementSummary:
 class PassAgreement:
     """Collects the passes of one prediction; give it each pass's probabilities, flipped back."""
 
+    thresholds: tuple[float, ...] = ()
+    """Per output channel, where a pass's region starts; empty: 0.5 for every channel."""
     passes: int = 0
     _votes: torch.Tensor | None = None
     _sum: torch.Tensor | None = None
@@ -71,7 +74,15 @@ class PassAgreement:
                 f"pass of shape {tuple(probabilities.shape)} after {tuple(self._votes.shape)}"
             )
         assert self._sum is not None and self._sum_squares is not None
-        inside = probabilities > THRESHOLD
+        if self.thresholds:
+            if len(self.thresholds) != probabilities.shape[1]:
+                raise InferenceError(
+                    f"{len(self.thresholds)} thresholds for {probabilities.shape[1]} channels"
+                )
+            limits = torch.tensor(self.thresholds, device=probabilities.device).view(1, -1, 1, 1, 1)
+            inside = probabilities > limits
+        else:
+            inside = probabilities > THRESHOLD
         self._votes += inside
         values = probabilities.float()
         self._sum += values

@@ -13,7 +13,7 @@ same window choice and autocast type (``device``), the same post-processing reso
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from segnode.config.settings import ModelSettings
-from segnode.pipeline.model.agreement import AgreementSummary, PassAgreement
+from segnode.pipeline.model.agreement import THRESHOLD, AgreementSummary, PassAgreement
 from segnode.pipeline.model.device import autocast_dtype, select_device
 from segnode.pipeline.model.inference import choose_roi, predict_regions, region_order
+from segnode.pipeline.model.manifest import PostprocessingSpec
 from segnode.pipeline.model.postprocess import (
     PostprocessRecord,
     postprocess_with,
@@ -31,7 +32,7 @@ from segnode.pipeline.model.postprocess import (
 )
 from segnode.pipeline.model.registry import LoadedModel, node_registry
 from segnode.pipeline.model.resolution import coarse_shape
-from segnode.vocabulary import LabelConvention
+from segnode.vocabulary import NESTED_REGIONS, LabelConvention, Region
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ def region_probabilities(
     device: torch.device,
     roi_size: tuple[int, int, int] | None = None,
     agreements: list[AgreementSummary] | None = None,
+    thresholds: Mapping[Region, float] | None = None,
 ) -> tuple[np.ndarray, tuple[int, int, int] | None]:
     """Mean WT/TC/ET probabilities of ``models`` on ``image``, and the window used.
 
@@ -89,12 +91,23 @@ def region_probabilities(
     (``spacing_factor``); autocast follows the device policy. ``roi_size`` None lets
     ``choose_roi`` decide per model (full volume when it fits). With ``agreements``, one
     summary of the passes' agreement per model is appended to it (models on different
-    grids cannot be compared voxel by voxel).
+    grids cannot be compared voxel by voxel), each pass's regions taken at ``thresholds``
+    (the post-processing's; 0.5 without).
     """
     probabilities = []
     window = roi_size
     for model in models:
-        collector = PassAgreement() if agreements is not None else None
+        collector = None
+        if agreements is not None:
+            by_channel = dict(
+                zip(region_order(model.manifest.output_channels), NESTED_REGIONS, strict=True)
+            )
+            collector = PassAgreement(
+                thresholds=tuple(
+                    (thresholds or {}).get(by_channel[channel], THRESHOLD)
+                    for channel in sorted(by_channel)
+                )
+            )
         order = [list(roles).index(role) for role in model.manifest.input_channels]
         factor = model.manifest.spacing_factor()
         if roi_size is None:
@@ -126,20 +139,31 @@ def labels_from(
     convention: LabelConvention,
 ) -> tuple[np.ndarray, PostprocessRecord]:
     """The label map: ``[model]``'s post-processing values over ``model``'s tuned ones."""
-    chosen = resolve_postprocessing(
+    return postprocess_with(probabilities, chosen_postprocessing(model, settings), convention)
+
+
+def chosen_postprocessing(model: LoadedModel, settings: ModelSettings) -> PostprocessingSpec:
+    """``[model]``'s post-processing values over ``model``'s tuned ones."""
+    return resolve_postprocessing(
         model.manifest.postprocessing,
         threshold=settings.threshold,
         et_threshold=settings.et_threshold,
         et_min_voxels=settings.et_min_voxels,
         min_component_voxels=settings.min_component_voxels,
     )
-    return postprocess_with(probabilities, chosen, convention)
+
+
+def region_thresholds(spec: PostprocessingSpec) -> dict[Region, float]:
+    """The probability at which each network region starts (WT and TC share one)."""
+    et = spec.et_threshold if spec.et_threshold is not None else spec.threshold
+    return {Region.WT: spec.threshold, Region.TC: spec.threshold, Region.ET: et}
 
 
 def segment(request: SegmentationRequest) -> SegmentationResult:
     """Each model gets the channels in its own manifest's order; outputs are averaged."""
     device = select_device(request.model.device)
     loaded = [_model(request.data_dir, model_id, device) for model_id in request.model_ids]
+    chosen = chosen_postprocessing(loaded[0], request.model)
     agreements: list[AgreementSummary] = []
     mean, _ = region_probabilities(
         loaded,
@@ -148,8 +172,9 @@ def segment(request: SegmentationRequest) -> SegmentationResult:
         tta=request.model.tta,
         device=device,
         agreements=agreements,
+        thresholds=region_thresholds(chosen),
     )
-    labels, record = labels_from(mean, loaded[0], request.model, request.convention)
+    labels, record = postprocess_with(mean, chosen, request.convention)
     return SegmentationResult(
         labels=labels,
         models=tuple(

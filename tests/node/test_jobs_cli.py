@@ -31,6 +31,7 @@ from segnode.storage.jobs import (
     create_job,
     ensure_deliveries,
     fail_job,
+    record_quality,
 )
 from tests.storage.records import instance_record
 
@@ -134,7 +135,10 @@ def test_jobs_list_prints_every_job_with_its_state_and_failure(data_dir: Path) -
     job_id = _failed_job(data_dir)
     listed = json.loads(segnode(data_dir, "jobs", "list", "--json").output)
     [entry] = listed
-    assert set(entry) == {"id", "study_id", "state", "rule", "created_at", "trigger", "failed_step", "error"}
+    assert set(entry) == {
+        "id", "study_id", "state", "rule", "created_at", "trigger", "failed_step", "error", "review_recommended",
+    }
+    assert entry["review_recommended"] is None  # failed before the quality checks
     assert (entry["id"], entry["state"], entry["rule"], entry["failed_step"]) == (
         job_id,
         "failed",
@@ -172,6 +176,19 @@ def test_jobs_show_prints_the_job_its_deliveries_and_its_log(data_dir: Path) -> 
     }
     missing = segnode(data_dir, "jobs", "show", "99")
     assert missing.exit_code == 1 and "no job 99" in missing.output
+
+
+def test_a_job_whose_quality_checks_raised_a_flag_is_marked_for_review(data_dir: Path) -> None:
+    job_id = _failed_job(data_dir)
+    flag = {"check": "motion", "role": "t2", "summary": "T2 is 16.2 mm / 1.0° from the T1c"}
+    with _sessions(data_dir).begin() as session:
+        record_quality(session, job_id, True, [flag])
+    assert "REVIEW" in segnode(data_dir, "jobs", "list").output
+    shown = json.loads(segnode(data_dir, "jobs", "show", str(job_id)).output)
+    assert (shown["review_recommended"], shown["quality_flags"]) == (True, [flag])
+    with _sessions(data_dir).begin() as session:
+        record_quality(session, job_id, False, [])
+    assert "REVIEW" not in segnode(data_dir, "jobs", "list").output
 
 
 def test_retry_and_cancel_are_the_machines_manual_moves(data_dir: Path) -> None:

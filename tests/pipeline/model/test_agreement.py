@@ -102,3 +102,15 @@ def test_an_ensemble_keeps_every_pass_and_the_worst_members_figures() -> None:
     assert combined.passes == 4
     assert combined.pass_voxels[Region.WT] == (1000, 1000, 1000, 1000)
     assert combined.disagreement[Region.WT] == pytest.approx(600 / 1300)
+
+
+def test_each_channel_counts_at_its_own_threshold() -> None:
+    """Pass volumes are taken where post-processing draws the regions (e.g. 0.85, ET 0.8)."""
+    agreement = PassAgreement(thresholds=(0.85, 0.85, 0.8))
+    probabilities = _box(value=0.82)  # above ET's threshold, below WT's and TC's
+    agreement.add(probabilities)
+    agreement.add(probabilities)
+    summary = agreement.summary(IDENTITY_ORDER)
+    assert summary.pass_voxels == {Region.WT: (0, 0), Region.TC: (0, 0), Region.ET: (1000, 1000)}
+    with pytest.raises(InferenceError, match="2 thresholds for 3 channels"):
+        PassAgreement(thresholds=(0.5, 0.5)).add(probabilities)
