@@ -35,10 +35,13 @@ class QualitySettings(Section):
     min_brain_ml: Positive = 700.0
     max_brain_ml: Positive = 2100.0
     """Brain extraction's volume outside this range: the input may not be an adult brain."""
-    max_tta_volume_spread: Share = 0.25
+    max_tta_volume_spread: Share = 0.3
     """A region's single-pass volumes differ by more than this share of the largest."""
-    max_tta_disagreement: Share = 0.35
-    """Share of a region's voxels that not every pass puts in it."""
+    max_tta_disagreement: Share = 0.6
+    """Share of a region's voxels that not every pass puts in it. Boundary voxels are always
+    disputed, so thin regions score high on ordinary input: TCGA-FG-6692 (an input like the
+    training data) gives WT 0.29, TC 0.27, ET 0.45, with single-pass volumes 10, 12 and 20 %
+    apart (segnode-brats22-v1, 8 flips, 2026-12-03)."""
     min_region_ml: Positive = 1.0
     """Regions smaller than this (in every pass) are not judged on TTA agreement: a few voxels'
     difference is a large share of nothing."""

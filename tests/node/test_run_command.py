@@ -57,3 +57,12 @@ def test_run_writes_valid_seg_sr_sc_and_pdf_for_a_local_study(
     voxel_ml = float(np.prod([float(v) for v in measures.PixelSpacing])) * float(measures.SliceThickness) / 1000
     assert summary["volumes_ml"]["WT"] == pytest.approx((mask > 0).sum() * voxel_ml, abs=1e-3)
     assert summary["volumes_ml"]["WT"] > 10  # the tumour was found (tens of ml in this patient)
+    # TCGA-FG-6692's four series were not acquired in register (each has its own frame of
+    # reference): the registration moves T2 and FLAIR by about 16 mm, and the reader is told.
+    assert summary["review_recommended"] is True
+    moved = {flag["role"] for flag in summary["quality_flags"] if flag["check"] == "motion"}
+    assert {"t2", "flair"} <= moved
+    quality = json.loads((Path(summary["work_dir"]) / "quality.json").read_text())
+    assert 10 < quality["motion"]["t2"]["translation_mm"] < 25
+    assert quality["tta"] is None  # TTA off: one pass, nothing to compare
+    assert quality["measured"]["t1c_slice_spacing_mm"] == pytest.approx(5.5, abs=0.1)
