@@ -6,6 +6,21 @@ one SC image each, in slice order (all slices would mostly repeat the plain
 T1c the PACS already holds). An empty result gets one image, the middle
 slice, saying so, so a requested SC series always exists.
 
+Why a band: text over the image hid anatomy, so each image is the T1c slice at
+its own resolution, untouched, under the annotation band of ``annotation_band``
+(warning, slice name, legend, quality flags, model). Every image of a series
+gets the same band height, so scrolling does not shift the image.
+
+Geometry: the band adds rows and changes nothing else, so the image pixels
+keep the source's spacing and Pixel Spacing (0028,0030) is written (the SC
+Image module's Basic Pixel Spacing Calibration macro): viewers measure in mm
+(cornerstone, OHIF's renderer, takes Pixel Spacing as is for non-projection
+classes). Patient Orientation stays right, since rows and columns keep their
+directions. Image Position/Orientation (Patient) and a Frame of Reference are
+not written: the canvas's first pixel is in the band, not in the patient, and
+with them a viewer could place the picture in the T1c's space (reference
+lines, synchronised scrolling) as if it were a slice of the volume.
+
 Every image carries "NOT FOR CLINICAL USE" in its pixels (Burned In Annotation
 YES) and no patient identity in its pixels; the patient and study modules are
 copied from the source image by highdicom, as the IOD requires.
@@ -18,22 +33,24 @@ from collections.abc import Mapping, Sequence
 import highdicom as hd
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.valuerep import DS
 from scipy import ndimage
 
+from segnode.pipeline.outputs.annotation_band import band_text, draw_band, layout_band
+from segnode.pipeline.outputs.annotation_text import slice_label
 from segnode.pipeline.outputs.errors import OutputError
 from segnode.pipeline.outputs.provenance import AlgorithmProvenance, SeriesSpec
-from segnode.pipeline.outputs.regions import REGION_COLOURS_RGB
+from segnode.pipeline.outputs.regions import REGION_COLOURS_RGB, RegionStatistics
 from segnode.pipeline.outputs.source import SourceSeries, plane_geometry
+from segnode.pipeline.quality.record import QualityReport
 from segnode.vocabulary import BASE_REGIONS, Region
 
 #: Opacity of the region fill; the region's border is drawn opaque.
 FILL_ALPHA = 0.35
 #: Percentiles of the displayed pixels mapped to black and white.
 WINDOW_PERCENTILES = (0.5, 99.5)
-WARNING_TEXT = "NOT FOR CLINICAL USE"
 
 Window = tuple[float, float]
 
@@ -46,24 +63,17 @@ def display_window(planes: Sequence[NDArray[np.float64]]) -> Window:
     return float(low), float(max(high, low + 1e-6))
 
 
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    # Pillow's bundled default font: no system font needed on the node.
-    return ImageFont.load_default(size=size)
-
-
-def render_overlay(
+def render_slice(
     pixels: NDArray[np.float64],
     masks: Mapping[Region, NDArray[np.bool_]],
     window: Window,
-    lines: Sequence[str] = (WARNING_TEXT,),
 ) -> NDArray[np.uint8]:
-    """An RGB (rows, columns, 3) picture of one slice with the labelled regions and text.
+    """An RGB (rows, columns, 3) picture of one slice with the labelled regions, and no text.
 
     Args:
         pixels: the slice's grey values.
         masks: (rows, columns) masks of NCR, ED and ET.
         window: grey values shown as black and white.
-        lines: text burned into the top-left corner (the first line in red).
     """
     low, high = window
     grey = np.clip((pixels - low) / (high - low), 0.0, 1.0) * 255.0
@@ -76,24 +86,7 @@ def render_overlay(
         rgb[mask] = (1 - FILL_ALPHA) * rgb[mask] + FILL_ALPHA * colour
         border = mask & ~ndimage.binary_erosion(mask)
         rgb[border] = colour
-    image = Image.fromarray(np.round(rgb).astype(np.uint8), mode="RGB")
-    draw = ImageDraw.Draw(image)
-    size = max(9, min(image.width, image.height) // 18)
-    font = _font(size)
-    y: float = 2
-    for number, line in enumerate(lines):
-        box = draw.textbbox((3, y), line, font=font)
-        draw.rectangle((box[0] - 2, box[1] - 1, box[2] + 2, box[3] + 1), fill=(0, 0, 0))
-        draw.text((3, y), line, font=font, fill=(255, 40, 40) if number == 0 else (255, 255, 255))
-        y = box[3] + 3
-    legend_y = image.height - size - 4
-    x: float = 3
-    for region in BASE_REGIONS:
-        box = draw.textbbox((x, legend_y), region.value, font=font)
-        draw.rectangle((box[0] - 2, box[1] - 1, box[2] + 2, box[3] + 1), fill=(0, 0, 0))
-        draw.text((x, legend_y), region.value, font=font, fill=REGION_COLOURS_RGB[region])
-        x = box[2] + 8
-    return np.asarray(image, dtype=np.uint8)
+    return np.round(rgb).astype(np.uint8)
 
 
 def patient_orientation(instance: Dataset, frame: int) -> tuple[str, str]:
@@ -127,8 +120,14 @@ def build_secondary_captures(
     provenance: AlgorithmProvenance,
     *,
     series_instance_uid: str,
+    statistics: RegionStatistics,
+    quality: QualityReport,
 ) -> list[hd.sc.SCImage]:
-    """One RGB SC image per tumour slice (see the module docstring).
+    """One RGB SC image per tumour slice, each its T1c slice under an annotation band.
+
+    Args:
+        statistics: the whole label map's volumes, for the legend.
+        quality: the job's quality report, for the band's quality lines.
 
     Raises:
         OutputError: if highdicom refuses an image.
@@ -136,21 +135,23 @@ def build_secondary_captures(
     indices = slices_to_show(masks[Region.WT])
     planes = [source.slice_pixels(index) for index in indices]
     window = display_window(planes)
-    empty = not masks[Region.WT].any()
+    layouts = [
+        layout_band(
+            band_text(source, index, statistics, provenance, quality), source.columns, source.rows
+        )
+        for index in indices
+    ]
+    band_rows = max(layout.height for layout in layouts)
     images = []
-    for number, (index, plane) in enumerate(zip(indices, planes, strict=True), start=1):
+    for number, (index, plane, layout) in enumerate(
+        zip(indices, planes, layouts, strict=True), start=1
+    ):
         instance = source.instance_of(index)
         ref = source.slices[index]
-        lines = [
-            provenance.intended_use,
-            f"{provenance.algorithm_name} {provenance.algorithm_version}",
-            f"model {provenance.model_id} {provenance.model_version}",
-        ]
-        if empty:
-            lines.append("no tumour segmented")
-        rgb = render_overlay(
-            plane, {region: masks[region][index] for region in BASE_REGIONS}, window, lines
+        picture = render_slice(
+            plane, {region: masks[region][index] for region in BASE_REGIONS}, window
         )
+        rgb = np.concatenate([draw_band(layout, band_rows), picture], axis=0)
         try:
             image = hd.sc.SCImage.from_ref_dataset(
                 ref_dataset=instance,
@@ -174,6 +175,9 @@ def build_secondary_captures(
                 f"series {source.series_instance_uid}: highdicom refused secondary capture "
                 f"{number}: {exc}"
             ) from exc
+        _, spacing, _ = plane_geometry(instance, ref.frame)
+        # Row spacing \ column spacing, as in the source: the band only adds rows.
+        image.PixelSpacing = [DS(float(value), auto_format=True) for value in spacing]
         image.BurnedInAnnotation = "YES"
         # General Series Laterality is Type 2C (paired body parts) unless Image
         # Laterality says otherwise: the brain is unpaired, "U".
@@ -181,8 +185,9 @@ def build_secondary_captures(
         image.ConversionType = "WSD"  # rendered on a workstation, not digitised
         image.ImageComments = provenance.intended_use
         image.DerivationDescription = (
-            f"T1c slice with tumour regions NCR/ED/ET by {provenance.algorithm_name} "
-            f"({provenance.model_label})"
+            f"{slice_label(source, index)} with tumour regions NCR/ED/ET by "
+            f"{provenance.algorithm_name} ({provenance.model_label}); rows 1-{band_rows} are "
+            f"an annotation band above the {source.rows} image rows"
         )[:1024]
         reference = Dataset()
         reference.ReferencedSOPClassUID = instance.SOPClassUID

@@ -118,7 +118,8 @@ class QualityReport(_Record):
         if self.flags:
             count = len(self.flags)
             return f"REVIEW RECOMMENDED: {count} quality flag{'s' if count != 1 else ''}"
-        return f"No quality flag raised ({len(self.checked)} checks)"
+        checks = len(self.checked)
+        return f"No quality flag raised ({checks} check{'s' if checks != 1 else ''})"
 
     def lines(self) -> list[str]:
         """The headline, then one line per flag: "<title>: <summary>"."""

@@ -194,6 +194,7 @@ def test_a_clean_job_folder_gives_a_report_without_flags(tmp_path: Path) -> None
     assert report.flags == () and not report.review_recommended
     assert QaCheck.TTA_DISAGREEMENT not in report.checked  # TTA off: nothing to compare
     assert report.headline == f"No quality flag raised ({len(report.checked)} checks)"
+    assert QualityReport(checked=(QaCheck.MOTION,)).headline == "No quality flag raised (1 check)"
     assert report.motion[Role.T2].translation_mm == pytest.approx(0.8)
     assert report.measured["brain_volume_ml"] == 1300.0
 
