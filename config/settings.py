@@ -382,15 +382,6 @@ class ModelSettings(Section):
     tuned value)."""
 
 
-class SrRegionReference(StrEnum):
-    """How each TID 1500 volume measurement names its region."""
-
-    OUTLINES = "outlines"
-    """Per-slice SCOORD polygons on the source images (OHIF 3.x displays these)."""
-    SEGMENT = "segment"
-    """A reference to the DICOM-SEG segment only (OHIF 3.13's SR viewport crashes on it)."""
-
-
 class ResultSeriesSettings(Section):
     """How the result objects are filed in the source study: series numbers, descriptions.
 
@@ -406,7 +397,6 @@ class ResultSeriesSettings(Section):
         "segnode tumour"
     )
     """Prefix of every result series description: "<this> SEG - not for clinical use"."""
-    sr_region_reference: SrRegionReference = SrRegionReference.OUTLINES
     manufacturer: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "segnode"
     registered_series_segs: list[Role] = [Role.FLAIR, Role.T2]
     """Series that also get a SEG in their own geometry when registration moved them against
@@ -443,15 +433,6 @@ class ResultSeriesSettings(Section):
                 f"{first + len(REGISTERED_SERIES_ORDER) - 1} overlaps the SEG/SR/SC/PDF series "
                 "numbers"
             )
-        for role in roles:
-            # The description the writer gives that SEG must fit a LO (64 characters).
-            length = len(f"{self.series_description} SEG on {role.value} - not for clinical use")
-            if length > 64:
-                raise ValueError(
-                    f"result_series.series_description is {len(self.series_description)} "
-                    f"characters; with {role.value} in registered_series_segs its SEG's "
-                    f"description would be {length} (at most 64): shorten it"
-                )
         return self
 
 
@@ -583,6 +564,10 @@ class Settings(BaseSettings):
 
 #: Options a site's file may still have from an earlier version, and what took their place.
 REPLACED_OPTIONS = {
+    "result_series.sr_region_reference": (
+        "removed: the SR now always references the SEG segments and gives each region one "
+        "outline for viewers (docs/architecture.md, Result objects); delete the line"
+    ),
     "outputs": (
         "this section is now [result_series] (same keys); which objects a job writes is "
         "each destination's send"

@@ -461,8 +461,9 @@ class Workspace:
     def prune_intermediates(self) -> int:
         """Delete the converted volumes and the network input (tens of MB per job); bytes freed.
 
-        What stays: inputs, selection and every step's record, the label map in the T1c
-        geometry, and the DICOM results, enough to audit a job and to resend its results.
+        What stays: inputs, selection and every step's record, the label maps (T1c geometry,
+        1 mm grid: tens of kB), and the DICOM results, enough to audit a job, to resend its
+        results and to write them again.
         """
         freed = 0
         for path in [*(self.root / VOLUMES).glob("*.mha"), self.channels_path]:

@@ -179,6 +179,7 @@ SLOW = frozenset({
     "pipeline/model/test_training.py::test_a_run_from_init_weights_records_the_model_and_validates_each_case",
     "pipeline/model/test_training.py::test_fp16_weights_and_a_case_named_twice",  # trains on real cases
     "test_wheel.py",  # builds, installs and runs the wheel
+    "viewer/test_ohif_viewer.py",  # `segnode run`, Orthanc and OHIF in headless Chromium (~90 s)
 })
 
 #: Fixtures that make any test using them slow, wherever the test (or the fixture) moves.
@@ -186,6 +187,7 @@ SLOW_FIXTURES = frozenset({
     "extracted",  # deepbet brain extraction of a real head scan
     "network",  # tests/pipeline/model/test_inference.py: a SegResNet run forward (about 2 s a test)
     "t2_onto_t1c",  # a rigid registration of two real series
+    "moved_series_job",  # tests/pipeline/test_series_labels.py: convert, preprocess, write (~25 s)
     "wheel",  # builds the wheel
     "fresh_venv",  # a venv with the built wheel installed
 })

@@ -5,12 +5,17 @@ only when all were built, each atomically (temporary file, fsync, rename), so
 a failure leaves either all requested objects or none of them in ``out_dir``
 (a rename that fails half-way removes what this call already wrote).
 
-The SR's segment form refers to the SEG; when it is requested without "seg",
-the SEG is written as well, since an SR must not cite an object that does not
-exist.
+The SR refers to the SEG's segments; when it is requested without "seg", the
+SEG is written as well, since an SR must not cite an object that does not exist.
 
 Each output has one builder in :data:`BUILDERS`, so a new output kind is one entry
 there (plus its series number and label in ``provenance``), not a new branch.
+
+A series that registration found moved against the T1c (``RegisteredSeriesLabels``,
+made by ``segnode.pipeline.series_labels``) gets one more SEG in its own geometry, in
+the same all-or-nothing write: a viewer draws the T1c's SEG on it by patient
+coordinates, which there lies beside the lesion. Only the SEG: the SR, SC and PDF
+measure and show the T1c.
 """
 
 from __future__ import annotations
@@ -27,12 +32,21 @@ import SimpleITK as sitk
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 
-from segnode.config.settings import ResultSeriesSettings, SrRegionReference
+from segnode.config.settings import (
+    REGISTERED_SERIES_ORDER,
+    ResultSeriesSettings,
+)
 from segnode.files import atomic_write, fsync_dir
 from segnode.pipeline.conversion import SliceRef
 from segnode.pipeline.outputs.errors import OutputError, OutputSpecError
 from segnode.pipeline.outputs.pdf_report import build_pdf_report
-from segnode.pipeline.outputs.provenance import AlgorithmProvenance, SeriesSpec
+from segnode.pipeline.outputs.provenance import (
+    KIND_LABELS,
+    LO_MAX_CHARS,
+    NOT_FOR_CLINICAL_USE_SUFFIX,
+    AlgorithmProvenance,
+    SeriesSpec,
+)
 from segnode.pipeline.outputs.regions import (
     RegionStatistics,
     convention_of,
@@ -45,8 +59,9 @@ from segnode.pipeline.outputs.secondary_capture import build_secondary_captures
 from segnode.pipeline.outputs.seg import build_segmentation
 from segnode.pipeline.outputs.source import SourceSeries, check_label_geometry, load_source_series
 from segnode.pipeline.outputs.sr import build_measurement_report
+from segnode.pipeline.quality.assess import ROLE_NAMES
 from segnode.pipeline.quality.record import QualityReport
-from segnode.vocabulary import OUTPUT_KINDS, LabelConvention, OutputKind, Region
+from segnode.vocabulary import OUTPUT_KINDS, LabelConvention, OutputKind, Region, Role
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +75,8 @@ class WrittenObject:
     sop_class_uid: str
     sop_instance_uid: str
     series_instance_uid: str
+    source_role: Role = Role.T1C
+    """The series whose geometry (instances, frame of reference) the object lies in."""
 
     def as_record(self) -> dict[str, str]:
         return {
@@ -68,6 +85,7 @@ class WrittenObject:
             "sop_class_uid": self.sop_class_uid,
             "sop_instance_uid": self.sop_instance_uid,
             "series_instance_uid": self.series_instance_uid,
+            "source_role": self.source_role.value,
         }
 
 
@@ -138,9 +156,67 @@ class LabelledSeries:
     statistics: RegionStatistics
     provenance: AlgorithmProvenance
     convention: LabelConvention
-    form: SrRegionReference
     quality: QualityReport
     """The job's quality flags; every human-readable object shows them."""
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredSeriesLabels:
+    """The label map on another series of the study, one registration moved against the T1c.
+
+    ``labels`` lies in exactly ``convert_series(source_files).image``'s geometry (as the
+    T1c's label map lies in the T1c's), ``slices`` being that conversion's slices.
+    """
+
+    role: Role
+    source_files: Sequence[Path]
+    slices: Sequence[SliceRef]
+    labels: sitk.Image
+
+
+def registered_series_spec(settings: ResultSeriesSettings, role: Role) -> SeriesSpec:
+    """E.g. 9905 "segnode tumour SEG on FLAIR - not for clinical use": which series it overlays.
+
+    A ``series_description`` too long for that in a LO (64 characters; it may have up to 36,
+    for "<it> SEG - not for clinical use") is shortened here: which series the SEG lies on
+    matters more to a reader than the end of the site's prefix, and a configuration that
+    was valid stays valid.
+
+    Raises:
+        OutputSpecError: for the T1c (its SEG is the main one) or an unnumbered role.
+    """
+    if role not in REGISTERED_SERIES_ORDER:
+        raise OutputSpecError(
+            f"no SEG series for the {role.value} as a registered series; only "
+            f"{[r.value for r in REGISTERED_SERIES_ORDER]} are registered to the T1c"
+        )
+    ending = f" {KIND_LABELS['seg']} on {ROLE_NAMES[role]}{NOT_FOR_CLINICAL_USE_SUFFIX}"
+    prefix = settings.series_description[: LO_MAX_CHARS - len(ending)].rstrip()
+    return SeriesSpec(
+        series_number=settings.registered_series_first_number + REGISTERED_SERIES_ORDER.index(role),
+        series_description=prefix + ending,
+        manufacturer=settings.manufacturer,
+    )
+
+
+def _registered_seg(
+    registered: RegisteredSeriesLabels,
+    convention: LabelConvention,
+    provenance: AlgorithmProvenance,
+    settings: ResultSeriesSettings,
+) -> Dataset:
+    """The same segments, colours and provenance as the T1c's SEG, on the registered series."""
+    source = load_source_series(registered.source_files, registered.slices)
+    check_label_geometry(registered.labels, source)
+    masks = region_masks(label_array(registered.labels, convention), convention)
+    return build_segmentation(
+        source,
+        masks,
+        registered_series_spec(settings, registered.role),
+        provenance,
+        series_instance_uid=hd.UID(),
+        sop_instance_uid=hd.UID(),
+    )
 
 
 #: The objects built so far, per output (in :data:`OUTPUT_KINDS` order).
@@ -164,8 +240,7 @@ def _seg(case: LabelledSeries, series: SeriesSpec, series_uid: str, _: Built) ->
 
 
 def _sr(case: LabelledSeries, series: SeriesSpec, series_uid: str, earlier: Built) -> list[Dataset]:
-    # The segment form cites the SEG; _checked_outputs made sure one is built first.
-    segmentation = earlier["seg"][0] if case.form is SrRegionReference.SEGMENT else None
+    # The SR cites the T1c's SEG; _checked_outputs made sure one is built first.
     return [
         build_measurement_report(
             case.source,
@@ -173,10 +248,10 @@ def _sr(case: LabelledSeries, series: SeriesSpec, series_uid: str, earlier: Buil
             case.statistics,
             series,
             case.provenance,
-            case.form,
             series_instance_uid=series_uid,
             sop_instance_uid=hd.UID(),
-            segmentation=segmentation,
+            segmentation=earlier["seg"][0],
+            quality=case.quality,
         )
     ]
 
@@ -184,7 +259,13 @@ def _sr(case: LabelledSeries, series: SeriesSpec, series_uid: str, earlier: Buil
 def _sc(case: LabelledSeries, series: SeriesSpec, series_uid: str, _: Built) -> list[Dataset]:
     return list(
         build_secondary_captures(
-            case.source, case.masks, series, case.provenance, series_instance_uid=series_uid
+            case.source,
+            case.masks,
+            series,
+            case.provenance,
+            series_instance_uid=series_uid,
+            statistics=case.statistics,
+            quality=case.quality,
         )
     )
 
@@ -200,6 +281,7 @@ def _pdf(case: LabelledSeries, series: SeriesSpec, series_uid: str, _: Built) ->
             case.convention,
             series_instance_uid=series_uid,
             sop_instance_uid=hd.UID(),
+            quality=case.quality,
         )
     ]
 
@@ -208,14 +290,14 @@ def _pdf(case: LabelledSeries, series: SeriesSpec, series_uid: str, _: Built) ->
 BUILDERS: dict[OutputKind, Builder] = {"seg": _seg, "sr": _sr, "sc": _sc, "pdf": _pdf}
 
 
-def _checked_outputs(outputs: Collection[str], form: SrRegionReference) -> list[OutputKind]:
+def _checked_outputs(outputs: Collection[str]) -> list[OutputKind]:
     unknown = sorted(set(outputs) - set(OUTPUT_KINDS))
     if unknown:
         raise OutputSpecError(
             f"unknown result kinds {unknown} in outputs; known: {list(OUTPUT_KINDS)}"
         )
     wanted = [kind for kind in OUTPUT_KINDS if kind in outputs]
-    if "sr" in wanted and form is SrRegionReference.SEGMENT and "seg" not in wanted:
+    if "sr" in wanted and "seg" not in wanted:
         wanted.insert(0, "seg")
     return wanted
 
@@ -230,6 +312,7 @@ def write_results(
     outputs: Collection[OutputKind],
     out_dir: Path,
     quality: QualityReport | None = None,
+    registered: Sequence[RegisteredSeriesLabels] = (),
 ) -> ResultsRecord:
     """Write the requested result objects of one label map into ``out_dir``.
 
@@ -241,10 +324,12 @@ def write_results(
             geometry; ``GetArrayFromImage`` is (slice, row, column).
         convention_et_label: 4 (BraTS 2017-2021) or 3 (BraTS 2023+).
         provenance: the algorithm and model, written into every object.
-        settings: series numbers, description, manufacturer, SR region form.
+        settings: series numbers, description, manufacturer.
         outputs: which of "seg", "sr", "sc", "pdf" to write.
         out_dir: an existing folder; files are named ``<kind>-<SOPInstanceUID>.dcm``.
         quality: the job's quality report (no flags, no checks when None).
+        registered: label maps on series registration moved against the T1c; each gets a
+            SEG (kind "seg") of its own when "seg" is among ``outputs``.
 
     Returns:
         The written objects (also iterable as a list) and the region volumes.
@@ -255,8 +340,7 @@ def write_results(
             values the convention does not define, or a file that cannot be written.
     """
     convention = convention_of(convention_et_label)
-    form = SrRegionReference(settings.sr_region_reference)
-    wanted = _checked_outputs(outputs, form)
+    wanted = _checked_outputs(outputs)
     if not out_dir.is_dir():
         raise OutputError(f"output folder {out_dir} does not exist")
     source = load_source_series(source_files, slices)
@@ -265,15 +349,23 @@ def write_results(
     statistics = region_statistics(masks, voxel_volume_mm3(labels))
 
     case = LabelledSeries(
-        source, masks, statistics, provenance, convention, form, quality or QualityReport()
+        source, masks, statistics, provenance, convention, quality or QualityReport()
     )
     built: dict[OutputKind, list[Dataset]] = {}
     for kind in wanted:
         built[kind] = BUILDERS[kind](case, SeriesSpec.for_kind(settings, kind), hd.UID(), built)
 
+    queued: list[tuple[OutputKind, Role, Dataset]] = [
+        (kind, Role.T1C, ds) for kind, datasets in built.items() for ds in datasets
+    ]
+    if "seg" in outputs:
+        queued += [
+            ("seg", series.role, _registered_seg(series, convention, provenance, settings))
+            for series in registered
+        ]
     written: list[WrittenObject] = []
     try:
-        for kind, dataset in ((kind, ds) for kind, datasets in built.items() for ds in datasets):
+        for kind, role, dataset in queued:
             _drop_invalid_copied_attributes(dataset)
             path = out_dir / f"{kind}-{dataset.SOPInstanceUID}.dcm"
             _write_atomic(dataset, path)
@@ -284,6 +376,7 @@ def write_results(
                     sop_class_uid=str(dataset.SOPClassUID),
                     sop_instance_uid=str(dataset.SOPInstanceUID),
                     series_instance_uid=str(dataset.SeriesInstanceUID),
+                    source_role=role,
                 )
             )
         fsync_dir(out_dir)

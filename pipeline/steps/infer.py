@@ -11,6 +11,7 @@ from segnode.pipeline.model.agreement import AgreementSummary
 from segnode.pipeline.model.segmentation import SegmentationRequest, segment
 from segnode.pipeline.preprocessing import labels_to_source
 from segnode.pipeline.quality.record import TtaAgreement
+from segnode.pipeline.series_labels import grid_label_image
 from segnode.pipeline.steps import StepSettings
 from segnode.pipeline.workspace import InferenceRecord, Workspace, jsonable
 from segnode.pipeline.workspace_images import read_preprocessed, read_volume, write_image
@@ -34,7 +35,11 @@ def _agreement(summary: AgreementSummary | None, spacing_mm: Sequence[float]) ->
 
 
 def run(workspace: Workspace, settings: StepSettings) -> dict[str, object]:
-    """Segment, write ``inference/labels_source.mha`` and ``inference/record.json``."""
+    """Segment, write ``inference/labels_source.mha``, ``labels_grid.mha`` and ``record.json``.
+
+    The grid's label map is kept for the series registration moved against the T1c: the
+    write step maps it onto each of them (``segnode.pipeline.series_labels``).
+    """
     study = read_preprocessed(workspace)
     result = segment(
         SegmentationRequest(
@@ -46,6 +51,7 @@ def run(workspace: Workspace, settings: StepSettings) -> dict[str, object]:
     )
     source = labels_to_source(result.labels, study, read_volume(workspace, Role.T1C))
     write_image(workspace, workspace.source_labels_path, source)
+    write_image(workspace, workspace.grid_labels_path, grid_label_image(result.labels, study.grid))
     grid_counts = {int(v): int(n) for v, n in zip(*np.unique(result.labels, return_counts=True), strict=True)}
     record = InferenceRecord.model_validate(
         {

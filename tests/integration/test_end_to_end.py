@@ -171,7 +171,10 @@ def preprocessed_t1c(data_dir: Path, job_id: int) -> sitk.Image:
 def assert_results_in_pacs(site: Site, tcga_study: dict[str, BuiltSeries], job_id: int) -> None:
     found = site.series_by_modality()
     assert {"SEG", "SR", "OT"} <= set(found), found.keys()  # OT: the secondary capture overlay
-    [seg_series] = found["SEG"]
+    # The T1c's SEG, and one on each series registration moved against it (~16 mm here).
+    segs = {series["MainDicomTags"].get("SeriesDescription"): series for series in found["SEG"]}
+    assert set(segs) == {f"segnode tumour SEG{on} - not for clinical use" for on in ("", " on FLAIR", " on T2")}
+    seg_series = segs["segnode tumour SEG - not for clinical use"]
     [seg_instance] = seg_series["Instances"]  # one SEG: nothing was sent twice
     seg = hd.seg.segread(pydicom.filebase.DicomBytesIO(site.orthanc.get_bytes(f"/instances/{seg_instance}/file")))
     t1c = tcga_study["t1c"]

@@ -91,7 +91,7 @@ def test_cancel_during_a_step_stops_the_job_and_retry_resumes_it_to_done(
     assert kinds[-1] == "done" and job.model_id == "segnode-brats22-v1"
     folder = Path(node.store.data_dir) / "jobs" / str(job.id)
     outputs = sorted(p.name.split("-")[0] for p in (folder / "outputs").iterdir())
-    assert outputs == ["seg", "sr"]
+    assert outputs == ["seg", "seg", "seg", "sr"]  # the T1c's SEG, and the moved FLAIR's and T2's
     # Done: the bulky intermediates are pruned (right after the commit); the rest stays.
     wait_for(lambda: not (folder / "preprocessed" / "channels.npz").exists() or None, 10, "pruning")
     assert not list(folder.glob("volumes/*.mha")) and list(folder.glob("volumes/*.json"))

@@ -45,7 +45,10 @@ def test_run_writes_valid_seg_sr_sc_and_pdf_for_a_local_study(
         assert validation.errors == [], (entry["kind"], validation.errors)
         assert unexpected_warnings(validation) == [], (entry["kind"], validation.warnings)
 
-    [seg_path] = [Path(e["path"]) for e in summary["objects"] if e["kind"] == "seg"]
+    # The T1c's SEG, and one on each series registration moved (TCGA-FG-6692: ~16 mm).
+    segs = {e.get("source_role", "t1c"): Path(e["path"]) for e in summary["objects"] if e["kind"] == "seg"}
+    assert sorted(segs) == ["flair", "t1c", "t2"]
+    seg_path = segs["t1c"]
     seg = hd.seg.segread(seg_path)
     t1c_uids = [
         str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in tcga_study["t1c"].files

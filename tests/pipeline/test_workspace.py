@@ -125,8 +125,10 @@ def test_selection_round_trip_and_files_per_role(tmp_path: Path) -> None:
     selection = workspace.read_selection()
     assert selection.files(Role.T1C) == [Path("/s/t1c.dcm")]
     assert selection.series(Role.FLAIR).series_instance_uid == "1.2.3.4"
+    assert selection.substitutes == {}  # a file from before stand-ins: none
     workspace.write_selection(selection)
-    assert json.loads(workspace.selection_path.read_text()) == LEGACY_SELECTION
+    # Written back: the same values, plus the newer field at its default.
+    assert json.loads(workspace.selection_path.read_text()) == {**LEGACY_SELECTION, "substitutes": {}}
 
     partial = Selection(
         roles={Role.T1: SelectedSeries(series_instance_uid="1", description="", files=())}, record={}
@@ -159,8 +161,9 @@ def test_inference_record_reads_the_legacy_file_and_names_the_models(tmp_path: P
     assert inference.label_convention.et_label == 4
     assert inference.grid_label_voxels == {0: 900, 1: 40, 2: 50, 4: 10}
     assert inference.ensemble_id == "segnode-brats22-v1" and inference.primary_model.sha256 == SHA
+    assert inference.tta_agreement is None  # a file from before the agreement was measured
     workspace.write_inference(inference)
-    assert json.loads(workspace.inference_record_path.read_text()) == LEGACY_INFERENCE
+    assert json.loads(workspace.inference_record_path.read_text()) == {**LEGACY_INFERENCE, "tta_agreement": None}
 
     ensemble = inference.model_copy(
         update={"models": (*inference.models, inference.models[0].model_copy(update={"id": "other"}))}
