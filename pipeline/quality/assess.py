@@ -26,7 +26,7 @@ What each check measures and why a reader cares:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import SimpleITK as sitk
 
@@ -41,6 +41,9 @@ from segnode.pipeline.quality.record import (
 from segnode.pipeline.registration import rotation_angle_deg
 from segnode.pipeline.workspace import JsonObject, Selection, Workspace
 from segnode.vocabulary import Role
+
+#: What a motion flag tells the reader to expect (replaced when the series got its own SEG).
+OVERLAY_OFF = "the T1c's overlay is off on it"
 
 #: Who is named in a flag's sentence.
 ROLE_NAMES: dict[Role, str] = {Role.T1: "T1", Role.T1C: "T1c", Role.T2: "T2", Role.FLAIR: "FLAIR"}
@@ -85,11 +88,32 @@ def motion_flags(motion: Mapping[Role, SeriesMotion], limits: QualitySettings) -
                     summary=(
                         f"{ROLE_NAMES[role]} is {moved.translation_mm:.1f} mm / "
                         f"{moved.rotation_deg:.1f}° from the T1c (limit {limits.max_motion_mm:g} mm / "
-                        f"{limits.max_rotation_deg:g}°); overlays drawn on it from the T1c are off"
+                        f"{limits.max_rotation_deg:g}°); {OVERLAY_OFF}"
                     ),
                 )
             )
     return flags
+
+
+def note_own_segmentations(report: QualityReport, roles: Collection[Role]) -> QualityReport:
+    """The motion flags of series that got a SEG in their own geometry say so (and which).
+
+    Why: "the overlay from the T1c is off on the FLAIR" alone sends the reader hunting; the
+    write step decides which moved series get their own SEG only after the checks ran.
+    """
+    flags = tuple(
+        flag.model_copy(
+            update={
+                "summary": flag.summary.replace(
+                    OVERLAY_OFF, f"use the SEG on the {ROLE_NAMES[flag.role]} itself"
+                )
+            }
+        )
+        if flag.check is QaCheck.MOTION and flag.role in roles
+        else flag
+        for flag in report.flags
+    )
+    return report.model_copy(update={"flags": flags})
 
 
 def _chosen_candidate(selection: Selection, role: Role) -> Mapping[str, object] | None:

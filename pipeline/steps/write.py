@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from segnode.pipeline.outputs.provenance import provenance_from
 from segnode.pipeline.outputs.writer import write_results
-from segnode.pipeline.quality.assess import assess
+from segnode.pipeline.quality.assess import assess, note_own_segmentations
 from segnode.pipeline.series_labels import registered_series_labels
 from segnode.pipeline.steps import StepSettings
 from segnode.pipeline.workspace import Results, Workspace
@@ -19,12 +19,13 @@ def run(workspace: Workspace, settings: StepSettings) -> dict[str, object]:
     inference = workspace.read_inference()
     t1c = read_volume(workspace, Role.T1C)
     quality = assess(workspace, settings.quality)
-    workspace.write_quality(quality)
     registered, registered_record = (
         registered_series_labels(workspace, settings.result_series, quality.motion)
         if "seg" in settings.outputs
         else ([], {})
     )
+    quality = note_own_segmentations(quality, [series.role for series in registered])
+    workspace.write_quality(quality)
     workspace.outputs_dir.mkdir(parents=True, exist_ok=True)
     written = write_results(
         source_files=workspace.read_selection().files(Role.T1C),

@@ -22,6 +22,7 @@ from segnode.pipeline.quality.assess import (
     brain_flags,
     geometry_flags,
     motion_flags,
+    note_own_segmentations,
     selection_flags,
     series_motion,
     tta_flags,
@@ -77,7 +78,11 @@ def test_motion_is_the_translation_at_the_centre_and_the_rotation_angle() -> Non
     assert (motion[Role.FLAIR].translation_mm, motion[Role.FLAIR].rotation_deg) == pytest.approx((0.5, 0.0))
     flags = motion_flags(motion, LIMITS)
     assert [(f.check, f.role) for f in flags] == [(QaCheck.MOTION, Role.T2)]
-    assert "T2 is 5.0 mm / 3.0° from the T1c (limit 2 mm / 2°)" in flags[0].summary
+    assert flags[0].summary == "T2 is 5.0 mm / 3.0° from the T1c (limit 2 mm / 2°); the T1c's overlay is off on it"
+    report = QualityReport(flags=tuple(flags), checked=(QaCheck.MOTION,))
+    noted = note_own_segmentations(report, [Role.T2])
+    assert noted.flags[0].summary.endswith("(limit 2 mm / 2°); use the SEG on the T2 itself")
+    assert note_own_segmentations(report, [Role.FLAIR]) == report
 
 
 def test_a_rotation_alone_beyond_its_limit_is_motion() -> None:
