@@ -101,19 +101,13 @@ def note_own_segmentations(report: QualityReport, roles: Collection[Role]) -> Qu
     Why: "the overlay from the T1c is off on the FLAIR" alone sends the reader hunting; the
     write step decides which moved series get their own SEG only after the checks ran.
     """
-    flags = tuple(
-        flag.model_copy(
-            update={
-                "summary": flag.summary.replace(
-                    OVERLAY_OFF, f"use the SEG on the {ROLE_NAMES[flag.role]} itself"
-                )
-            }
-        )
-        if flag.check is QaCheck.MOTION and flag.role in roles
-        else flag
-        for flag in report.flags
-    )
-    return report.model_copy(update={"flags": flags})
+    flags = []
+    for flag in report.flags:
+        if flag.check is QaCheck.MOTION and flag.role is not None and flag.role in roles:
+            own = f"use the SEG on the {ROLE_NAMES[flag.role]} itself"
+            flag = flag.model_copy(update={"summary": flag.summary.replace(OVERLAY_OFF, own)})
+        flags.append(flag)
+    return report.model_copy(update={"flags": tuple(flags)})
 
 
 def _chosen_candidate(selection: Selection, role: Role) -> Mapping[str, object] | None:
