@@ -179,7 +179,7 @@ SLOW = frozenset({
     "pipeline/model/test_training.py::test_a_run_from_init_weights_records_the_model_and_validates_each_case",
     "pipeline/model/test_training.py::test_fp16_weights_and_a_case_named_twice",  # trains on real cases
     "test_wheel.py",  # builds, installs and runs the wheel
-    "viewer/test_ohif_viewer.py",  # `segnode run`, Orthanc and OHIF in headless Chromium (~90 s)
+    "viewer/test_ohif_viewer.py",  # `segnode run`, Orthanc and OHIF in headless Chromium (50-90 s)
 })
 
 #: Fixtures that make any test using them slow, wherever the test (or the fixture) moves.
