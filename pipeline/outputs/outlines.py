@@ -1,9 +1,10 @@
 """Closed outlines of a binary slice mask, in DICOM SCOORD pixel coordinates.
 
-Why outlines at all: OHIF 3.13's SR viewport crashes on TID 1500 volume
-measurements that only reference a SEG segment and displays those that carry
-per-slice SCOORD outlines (docs: stack-notes), so each region's mask is also
-written as polygons on the source images.
+Why outlines at all: a viewer (OHIF 3.13) lists and shows a measurement only when
+it carries a planar SCOORD on a source image, so the SR gives each region one
+outline on the slice where the region is largest (``largest_slice``,
+``representative_outline``) beside its reference to the SEG segment
+(docs/ohif-sr-notes.md).
 
 Coordinates: DICOM 2-D SCOORDs are (column, row) pairs with (0, 0) at the
 top-left corner of the top-left pixel, so the centre of pixel (r, c) is
@@ -14,7 +15,10 @@ is padded by one pixel so contours touching the image border still close.
 
 Holes: a ring (oedema around the core) has an outer and an inner contour; both
 are returned as separate closed polygons (the XOR reading RT structures use).
-The outlines are for display; volumes always come from the mask.
+The outlines are for display; volumes always come from the mask. A viewer's
+planar ROI is one closed polygon, so the SR's one outline per region is the
+outer boundary of its largest piece on that slice (holes and smaller pieces are
+not drawn; the SEG has them).
 """
 
 from __future__ import annotations
@@ -57,3 +61,45 @@ def mask_outlines(mask: NDArray[np.bool_]) -> list[NDArray[np.float64]]:
             points = np.vstack([points, points[:1]])
         outlines.append(points)
     return outlines
+
+
+def polygon_area_px(points: NDArray[np.float64]) -> float:
+    """Area enclosed by a closed (column, row) polygon, in square pixels (shoelace).
+
+    It is what a viewer computes for the drawn outline (Cornerstone's PlanarFreehandROI
+    takes the polygon's area), not the piece's pixel count: marching squares cuts each
+    convex corner by 1/8 pixel.
+    """
+    columns, rows = points[:, 0], points[:, 1]
+    return float(abs(np.dot(columns, np.roll(rows, -1)) - np.dot(rows, np.roll(columns, -1))) / 2)
+
+
+def representative_outline(mask: NDArray[np.bool_]) -> NDArray[np.float64]:
+    """The outline enclosing the largest area: the outer boundary of the largest piece.
+
+    A hole's contour lies inside its piece's outer contour, so it always encloses less;
+    among pieces, the one with the largest filled area wins (the first such on a tie).
+
+    Raises:
+        OutputError: for an empty or non-2-D mask (there is nothing to outline).
+    """
+    outlines = mask_outlines(mask)
+    if not outlines:
+        raise OutputError("an empty slice mask has no outline")
+    return max(outlines, key=polygon_area_px)
+
+
+def largest_slice(mask: NDArray[np.bool_]) -> int:
+    """Index of the slice (axis 0 of a (slice, row, column) mask) with the most voxels.
+
+    The first such slice on a tie, so the choice is reproducible.
+
+    Raises:
+        OutputError: for an empty or non-3-D mask.
+    """
+    if mask.ndim != 3:
+        raise OutputError(f"largest_slice needs a 3-D mask, got shape {mask.shape}")
+    counts = mask.reshape(mask.shape[0], -1).sum(axis=1)
+    if not counts.any():
+        raise OutputError("an empty mask has no largest slice")
+    return int(np.argmax(counts))

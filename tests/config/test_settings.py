@@ -157,6 +157,8 @@ def test_destinations_are_typed_by_protocol_and_call_as_the_listener(
         ("[completion.role_patterns]\nt1c = 'post'\n",
          "completion.role_patterns: removed: required_series is checked with sequence "
          "identification, whose description patterns are [selection.role_patterns]"),
+        ("[result_series]\nsr_region_reference = 'segment'\n",
+         "result_series.sr_region_reference: removed: the SR now always references the SEG"),
     ],
 )
 def test_a_replaced_option_says_what_replaced_it(tmp_path: Path, toml: str, expected: str) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from segnode.config.settings import ResultSeriesSettings, SrRegionReference
+from segnode.config.settings import ResultSeriesSettings
 from segnode.pipeline.conversion import convert_series
 from segnode.pipeline.outputs import write_results
 from segnode.vocabulary import OutputKind
@@ -55,17 +55,16 @@ def _write(
 
 @pytest.fixture(scope="session")
 def written(t1c: T1cCase, labels: sitk.Image, tmp_path_factory: pytest.TempPathFactory) -> Written:
-    """All four kinds, SR in the default outline form."""
+    """All four kinds."""
     return _write(t1c, labels, SETTINGS, ["seg", "sr", "sc", "pdf"], tmp_path_factory.mktemp("all"))
 
 
 @pytest.fixture(scope="session")
-def written_segment_form(
+def written_sr_only(
     t1c: T1cCase, labels: sitk.Image, tmp_path_factory: pytest.TempPathFactory
 ) -> Written:
-    """Only "sr" asked for, in the segment form: the SEG it cites is written too."""
-    settings = SETTINGS.model_copy(update={"sr_region_reference": SrRegionReference.SEGMENT})
-    return _write(t1c, labels, settings, ["sr"], tmp_path_factory.mktemp("segment_form"))
+    """Only "sr" asked for: the SEG it cites is written too."""
+    return _write(t1c, labels, SETTINGS, ["sr"], tmp_path_factory.mktemp("sr_only"))
 
 
 @pytest.fixture(scope="session")

@@ -39,7 +39,7 @@ def decoded_labels(seg: hd.seg.Segmentation, t1c: T1cCase) -> np.ndarray:
     return result
 
 
-@pytest.mark.parametrize("variant", ["written", "written_empty", "written_segment_form"])
+@pytest.mark.parametrize("variant", ["written", "written_empty", "written_sr_only"])
 def test_seg_passes_dciodvfy(variant: str, request: pytest.FixtureRequest) -> None:
     written: Written = request.getfixturevalue(variant)
     (obj,) = written.record.of_kind("seg")

@@ -1,4 +1,4 @@
-"""The TID 1500 SR: valid in both region forms, volumes equal to the mask to the voxel."""
+"""The TID 1500 SR: valid, two groups per region, volumes equal to the SEG to the voxel."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-import SimpleITK as sitk
+from pydicom.sr.codedict import codes as dcm_codes
+from scipy import ndimage
 from skimage.draw import polygon2mask
 
 from segnode.pipeline.outputs import codes, volumes_ml
 from segnode.pipeline.outputs.provenance import series_description
-from segnode.pipeline.outputs.regions import convention_of, region_masks
-from segnode.vocabulary import ALL_REGIONS, Region
+from segnode.pipeline.outputs.regions import REGION_NAMES
+from segnode.vocabulary import ALL_REGIONS, BASE_REGIONS, Region
 from tests.pipeline.outputs.dicom_checks import (
     PROVENANCE,
     T1cCase,
@@ -20,39 +21,31 @@ from tests.pipeline.outputs.dicom_checks import (
     dciodvfy,
     unexpected_warnings,
 )
+from tests.pipeline.outputs.sr_reading import (
+    SEGMENT_NUMBERS,
+    comment_of,
+    read_sr,
+    region_groups,
+    seg_masks,
+)
 
-TRACKING = {
-    Region.WT: "WT whole tumor",
-    Region.TC: "TC tumor core",
-    Region.ET: "ET enhancing tumor",
-    Region.NCR: "NCR necrosis",
-    Region.ED: "ED edema",
-}
-VARIANTS = ["written", "written_segment_form", "written_empty"]
-
-
-def read_sr(written: Written) -> hd.sr.Comprehensive3DSR:
-    (obj,) = written.record.of_kind("sr")
-    # The writer's file, re-read from bytes: what a PACS would get.
-    return hd.sr.srread(obj.path)
+VARIANTS = ["written", "written_sr_only", "written_empty"]
+TOOL_PREFIX = "Cornerstone3DTools@^0.1.0"
 
 
-def groups_by_region(sr: hd.sr.Comprehensive3DSR) -> dict[Region, object]:
-    report = sr.content
-    assert isinstance(report, hd.sr.MeasurementReport)
-    groups = [
-        *report.get_volumetric_roi_measurement_groups(),
-        *report.get_image_measurement_groups(),
-    ]
-    by_region = {Region(group.tracking_identifier.split()[0]): group for group in groups}
-    assert len(by_region) == len(groups) == 5
-    return by_region
+def read_seg(written: Written) -> hd.seg.Segmentation:
+    (obj,) = written.record.of_kind("seg")
+    return hd.seg.segread(obj.path)
 
 
-def volume_of(group: object) -> tuple[float, str]:
-    (measurement,) = group.get_measurements()  # type: ignore[attr-defined]
-    assert measurement.name == codes.VOLUME
-    return measurement.value, measurement.unit.value
+def pixel_area_mm2(t1c: T1cCase) -> float:
+    spacing = pydicom.dcmread(t1c.files[0], stop_before_pixels=True).PixelSpacing
+    return float(spacing[0]) * float(spacing[1])
+
+
+def shoelace(points: np.ndarray) -> float:
+    x, y = points[:, 0], points[:, 1]
+    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -65,102 +58,141 @@ def test_sr_passes_dciodvfy(variant: str, request: pytest.FixtureRequest) -> Non
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_sr_volumes_equal_voxel_counts_times_voxel_volume(
-    variant: str, request: pytest.FixtureRequest
+def test_sr_reads_back_through_highdicom(variant: str, request: pytest.FixtureRequest) -> None:
+    """Both of highdicom's readers accept it, and find each region's two groups."""
+    written: Written = request.getfixturevalue(variant)
+    (obj,) = written.record.of_kind("sr")
+    direct = hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(obj.path))
+    assert isinstance(direct.content, hd.sr.MeasurementReport)
+    groups = region_groups(read_sr(written))
+    for region in ALL_REGIONS:
+        assert groups[region].display.tracking_uid == groups[region].volume.tracking_uid
+    assert len({g.display.tracking_uid for g in groups.values()}) == len(ALL_REGIONS)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_volumes_equal_the_seg_masks_to_the_voxel(
+    variant: str, request: pytest.FixtureRequest, t1c: T1cCase
 ) -> None:
     written: Written = request.getfixturevalue(variant)
-    labels = sitk.GetArrayFromImage(written.labels)
+    masks = seg_masks(read_seg(written), t1c)
     voxel_ml = float(np.prod(written.labels.GetSpacing())) / 1000.0
-    counts = {
-        Region.NCR: int((labels == 1).sum()),
-        Region.ED: int((labels == 2).sum()),
-        Region.ET: int((labels == 4).sum()),
-    }
-    counts[Region.TC] = counts[Region.NCR] + counts[Region.ET]
-    counts[Region.WT] = counts[Region.TC] + counts[Region.ED]
-    groups = groups_by_region(read_sr(written))
+    groups = region_groups(read_sr(written))
     for region in ALL_REGIONS:
-        value, unit = volume_of(groups[region])
-        assert unit == "ml"
+        (volume,) = groups[region].volume.get_measurements()
+        assert volume.name == codes.VOLUME and volume.unit.value == "ml"
+        count = int(masks[region].sum())
         # "To the voxel": closer than a thousandth of one voxel's volume.
-        assert abs(value - counts[region] * voxel_ml) < voxel_ml / 1000, region
-        assert written.record.statistics[region].voxel_count == counts[region]
+        assert abs(volume.value - count * voxel_ml) < voxel_ml / 1000, region
+        assert written.record.statistics[region].voxel_count == count
     assert volumes_ml(written.labels, 4) == written.record.statistics
 
 
-def test_groups_are_coded_and_tracked(written: Written) -> None:
-    groups = groups_by_region(read_sr(written))
-    for region, group in groups.items():
-        assert group.tracking_identifier == TRACKING[region]  # type: ignore[attr-defined]
-        assert group.finding_type == codes.REGION_CODES[region]  # type: ignore[attr-defined]
-        assert group.finding_category == codes.MORPHOLOGICALLY_ALTERED_STRUCTURE  # type: ignore[attr-defined]
-
-
-def test_outline_form_draws_each_region_on_the_t1c_images(written: Written, t1c: T1cCase) -> None:
-    """Every region's closed polylines, filled (even-odd), give back its mask on every slice."""
-    masks = region_masks(sitk.GetArrayFromImage(written.labels), convention_of(4))
-    uid_to_slice = {ref.sop_instance_uid: z for z, ref in enumerate(t1c.volume.slices)}
-    shape = masks[Region.WT].shape
-    groups = groups_by_region(read_sr(written))
-    for region in ALL_REGIONS:
-        group = groups[region]
-        assert group.reference_type == pydicom.sr.codedict.codes.DCM.ImageRegion  # type: ignore[attr-defined]
-        drawn = np.zeros(shape, dtype=bool)
-        for outline in group.roi:  # type: ignore[attr-defined]
-            assert outline.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
-            points = outline.value
-            np.testing.assert_array_equal(points[0], points[-1])  # closed
-            reference = outline.ContentSequence[0].ReferencedSOPSequence[0]
-            assert reference.ReferencedSOPClassUID == pydicom.uid.MRImageStorage
-            z = uid_to_slice[reference.ReferencedSOPInstanceUID]
-            # SCOORD (column, row), origin at the top-left pixel's corner -> index space.
-            rows_columns = np.column_stack([points[:, 1] - 0.5, points[:, 0] - 0.5])
-            drawn[z] ^= polygon2mask(shape[1:], rows_columns)
-        np.testing.assert_array_equal(drawn, masks[region], err_msg=str(region))
-
-
-def test_segment_form_references_the_seg_segments(
-    written_segment_form: Written, t1c: T1cCase
-) -> None:
-    (seg,) = written_segment_form.record.of_kind("seg")
-    sr = read_sr(written_segment_form)
-    groups = groups_by_region(sr)
-    for region, number in ((Region.NCR, 1), (Region.ED, 2), (Region.ET, 3)):
-        group = groups[region]
-        assert group.reference_type == pydicom.sr.codedict.codes.DCM.ReferencedSegment  # type: ignore[attr-defined]
-        reference = group.referenced_segment  # type: ignore[attr-defined]
-        assert reference.referenced_sop_instance_uid == seg.sop_instance_uid
-        assert reference.referenced_segment_numbers == [number]
+def test_labelled_regions_reference_their_seg_segments(written: Written, t1c: T1cCase) -> None:
+    (seg_obj,) = written.record.of_kind("seg")
+    seg = read_seg(written)
+    sr = read_sr(written)
+    groups = region_groups(sr)
+    for region in BASE_REGIONS:
+        volume = groups[region].volume
+        assert isinstance(volume, hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations)
+        assert volume.reference_type == dcm_codes.DCM.ReferencedSegment
+        reference = volume.referenced_segment
+        assert reference.referenced_sop_instance_uid == seg_obj.sop_instance_uid
+        (number,) = reference.referenced_segment_numbers
+        assert number == SEGMENT_NUMBERS[region]
+        # The segment it names is that region in the SEG itself, not just by our numbering.
+        description = seg.get_segment_description(number)
+        assert description.segmented_property_type == codes.REGION_CODES[region]
         assert reference.source_series_for_segmentation.value == t1c.series.series_instance_uid
-    # Unions have no segment of their own: they keep their outlines.
+    # Unions have no segment: a TID 1501 group whose source images are the T1c's.
     for region in (Region.WT, Region.TC):
-        assert groups[region].reference_type == pydicom.sr.codedict.codes.DCM.ImageRegion  # type: ignore[attr-defined]
+        volume = groups[region].volume
+        assert not isinstance(volume, hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations)
+        assert [s.referenced_sop_instance_uid for s in volume.source_images] == [
+            ref.sop_instance_uid for ref in t1c.volume.slices
+        ]
     evidence = {
         item.ReferencedSOPInstanceUID
         for series in sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
         for item in series.ReferencedSOPSequence
     }
-    assert seg.sop_instance_uid in evidence
+    assert seg_obj.sop_instance_uid in evidence
 
 
-def test_zero_volume_regions_are_reported_as_zero_without_outline(
+def test_each_region_has_one_outline_on_its_largest_slice(written: Written, t1c: T1cCase) -> None:
+    """One closed POLYLINE per region: its largest piece, filled, on the slice it is largest."""
+    masks = seg_masks(read_seg(written), t1c)
+    shape = masks[Region.WT].shape[1:]
+    groups = region_groups(read_sr(written))
+    for region in ALL_REGIONS:
+        (area,) = groups[region].display.get_measurements()
+        (outline,) = area.referenced_coordinates
+        assert outline.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+        points = outline.value
+        np.testing.assert_array_equal(points[0], points[-1])  # closed
+        reference = outline.ContentSequence[0].ReferencedSOPSequence[0]
+        assert reference.ReferencedSOPClassUID == pydicom.uid.MRImageStorage
+        largest = int(np.argmax(masks[region].sum(axis=(1, 2))))
+        expected_ref = t1c.volume.slices[largest]
+        assert reference.ReferencedSOPInstanceUID == expected_ref.sop_instance_uid, region
+        # SCOORD (column, row), origin at the top-left pixel's corner -> index space.
+        drawn = polygon2mask(shape, np.column_stack([points[:, 1] - 0.5, points[:, 0] - 0.5]))
+        pieces, count = ndimage.label(masks[region][largest])
+        sizes = ndimage.sum(masks[region][largest], pieces, range(1, count + 1))
+        piece = ndimage.binary_fill_holes(pieces == 1 + int(np.argmax(sizes)))
+        np.testing.assert_array_equal(drawn, piece, err_msg=str(region))
+        # The Area is what the outline encloses, in mm² (what a viewer recomputes).
+        assert area.name == codes.AREA and area.unit.value == "mm2"
+        assert area.value == pytest.approx(shoelace(points) * pixel_area_mm2(t1c), rel=1e-9)
+
+
+def test_groups_are_named_coded_and_labelled(written: Written) -> None:
+    groups = region_groups(read_sr(written))
+    for region in ALL_REGIONS:
+        for group in (groups[region].display, groups[region].volume):
+            assert group.tracking_identifier == (
+                f"{TOOL_PREFIX}:PlanarFreehandROI:{REGION_NAMES[region]}"
+            )
+            assert group.finding_type == codes.REGION_CODES[region]
+            assert group.finding_category == codes.MORPHOLOGICALLY_ALTERED_STRUCTURE
+        volume_ml = written.record.statistics[region].volume_ml
+        assert comment_of(groups[region].display) == f"{REGION_NAMES[region]} {volume_ml:.2f} ml"
+
+
+def test_empty_regions_are_listed_with_zero_ml_on_a_marked_point(
     written_empty: Written, t1c: T1cCase
 ) -> None:
-    report = read_sr(written_empty).content
-    assert report.get_volumetric_roi_measurement_groups() == []
-    groups = groups_by_region(read_sr(written_empty))
+    """No voxel: 0 ml everywhere, each display group on its own point in the left margin."""
+    (seg_obj,) = written_empty.record.of_kind("seg")
+    groups = region_groups(read_sr(written_empty))
+    middle = t1c.volume.slices[len(t1c.volume.slices) // 2].sop_instance_uid
+    rows = []
     for region in ALL_REGIONS:
-        assert volume_of(groups[region]) == (0.0, "ml")
-        sources = groups[region].source_images  # type: ignore[attr-defined]
-        assert [s.referenced_sop_instance_uid for s in sources] == [
-            ref.sop_instance_uid for ref in t1c.volume.slices
-        ]
+        display = groups[region].display
+        assert display.tracking_identifier == f"{TOOL_PREFIX}:ArrowAnnotate:{REGION_NAMES[region]}"
+        assert comment_of(display) == f"{REGION_NAMES[region]} 0 ml (none segmented)"
+        (area,) = display.get_measurements()
+        assert area.value == 0
+        (point,) = area.referenced_coordinates
+        assert point.graphic_type == hd.sr.GraphicTypeValues.POINT
+        assert point.name == codes.DISPLAY_ANCHOR
+        assert point.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == middle
+        ((column, row),) = point.value
+        assert column < 0.1 * int(pydicom.dcmread(t1c.files[0], stop_before_pixels=True).Columns)
+        rows.append(row)
+        (volume,) = groups[region].volume.get_measurements()
+        assert (volume.value, volume.unit.value) == (0.0, "ml")
+    assert rows == sorted(rows) and len(set(rows)) == len(rows)  # one row each, WT highest
+    for region in BASE_REGIONS:  # the SEG still describes the empty segments
+        reference = groups[region].volume.referenced_segment  # type: ignore[union-attr]
+        assert reference.referenced_sop_instance_uid == seg_obj.sop_instance_uid
 
 
 def test_device_observer_names_the_algorithm_and_model(written: Written) -> None:
     sr = read_sr(written)
     (observer,) = sr.content.get_observer_contexts()
-    assert observer.observer_type == pydicom.sr.codedict.codes.DCM.Device
+    assert observer.observer_type == dcm_codes.DCM.Device
     device = observer.observer_identifying_attributes
     assert device.name == "segnode"
     assert device.manufacturer_name == written.settings.manufacturer
@@ -181,5 +213,9 @@ def test_sr_is_filed_in_the_source_study_with_the_configured_series(
     assert sr.Manufacturer == written.settings.manufacturer
     assert sr.CompletionFlag == "COMPLETE"
     assert sr.VerificationFlag == "UNVERIFIED"
+    (seg,) = written.record.of_kind("seg")
     evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
-    assert [series.SeriesInstanceUID for series in evidence] == [t1c.series.series_instance_uid]
+    assert {series.SeriesInstanceUID for series in evidence} == {
+        t1c.series.series_instance_uid,
+        seg.series_instance_uid,
+    }

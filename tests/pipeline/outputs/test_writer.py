@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from segnode.config.settings import ResultSeriesSettings, SrRegionReference
+from segnode.config.settings import ResultSeriesSettings
 from segnode.pipeline.conversion import convert_series
 from segnode.pipeline.outputs import OutputError, OutputSpecError, write_results
 from segnode.pipeline.outputs import writer as writer_module
@@ -40,8 +40,8 @@ def test_record_lists_every_written_file_and_the_volumes(written: Written) -> No
     assert len(as_json["objects"]) == len(record)
 
 
-def test_segment_form_writes_the_seg_it_cites(written_segment_form: Written) -> None:
-    assert [obj.kind for obj in written_segment_form.record] == ["seg", "sr"]
+def test_sr_alone_writes_the_seg_it_cites(written_sr_only: Written) -> None:
+    assert [obj.kind for obj in written_sr_only.record] == ["seg", "sr"]
 
 
 def test_unknown_kind_and_convention_are_refused(
@@ -173,8 +173,7 @@ def test_brats_2023_labels(t1c: T1cCase, tmp_path: Path) -> None:
 
 # The phantom's PatientName "CS-AI Test" has one component; highdicom warns when copying it.
 @pytest.mark.filterwarnings('ignore:The string "CS-AI Test":UserWarning')
-@pytest.mark.parametrize("form", list(SrRegionReference))
-def test_enhanced_mr_source(form: SrRegionReference, tmp_path: Path) -> None:
+def test_enhanced_mr_source(tmp_path: Path) -> None:
     """One Philips Enhanced MR file (12 frames, spacing and orientation per frame)."""
     files = sorted((require_shared_data() / "philips_elitionx_phantom_T1W_TSE_enhanced").iterdir())
     volume = convert_series(files)
@@ -193,7 +192,7 @@ def test_enhanced_mr_source(form: SrRegionReference, tmp_path: Path) -> None:
     array[z // 2, rows // 2 - 3 : rows // 2 + 3, columns // 2 - 3 : columns // 2 + 3] = 1
     labels = sitk.GetImageFromArray(array)
     labels.CopyInformation(volume.image)
-    settings = ResultSeriesSettings(sr_region_reference=form)
+    settings = ResultSeriesSettings()
     record = write_results(
         files, volume.slices, labels, 4, PROVENANCE, settings, ["seg", "sr", "sc", "pdf"], tmp_path
     )
@@ -211,10 +210,12 @@ def test_enhanced_mr_source(form: SrRegionReference, tmp_path: Path) -> None:
     for index, label in enumerate([1, 2, 4]):
         np.testing.assert_array_equal(decoded[..., index] > 0, array == label)
     sr = hd.sr.srread(record.of_kind("sr")[0].path)
-    wt = next(
-        g
-        for g in sr.content.get_volumetric_roi_measurement_groups()
-        if g.tracking_identifier.startswith("WT")
-    )
-    for region in wt.roi:
-        assert region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedFrameNumber in frames
+    outlines = [
+        scoord
+        for group in sr.content.get_image_measurement_groups()
+        for measurement in group.get_measurements()
+        for scoord in measurement.referenced_coordinates
+    ]
+    assert len(outlines) == 5  # one per region, each on a frame of the one instance
+    for scoord in outlines:
+        assert scoord.ContentSequence[0].ReferencedSOPSequence[0].ReferencedFrameNumber in frames
