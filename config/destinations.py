@@ -47,6 +47,13 @@ class DestinationBase(Section):
     def _sends_something(self) -> DestinationBase:
         if not self.send:
             raise ValueError(f"destination {self.name!r}: send lists nothing")
+        if "sr" in self.send and "seg" not in self.send:
+            # The SR's volumes reference the SEG's segments (dcmqi/Slicer read them there):
+            # a destination holding the SR without its SEG holds a dangling reference.
+            raise ValueError(
+                f"destination {self.name!r}: the SR refers to the SEG; send \"seg\" with \"sr\" "
+                "(or \"pdf\" for a report without images)"
+            )
         return self
 
 

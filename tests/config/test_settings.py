@@ -222,3 +222,15 @@ def test_quality_limits_are_checked(tmp_path: Path) -> None:
     path.write_text("[quality]\nmax_motion_mm = 0\n")
     with pytest.raises(ConfigError, match="quality.max_motion_mm"):
         load_settings(path)
+
+
+def test_a_destination_cannot_receive_the_sr_without_the_seg_it_refers_to(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text(
+        '[[delivery.destinations]]\nname = "ris"\nae_title = "RIS"\nhost = "127.0.0.1"\nport = 104\n'
+        'send = ["sr"]\n'
+    )
+    with pytest.raises(ConfigError, match="destination 'ris': the SR refers to the SEG"):
+        load_settings(path)
+    path.write_text(path.read_text().replace('send = ["sr"]', 'send = ["sr", "seg"]'))
+    assert load_settings(path).delivery.destinations[0].send == ["sr", "seg"]
