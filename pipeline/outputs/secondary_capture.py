@@ -183,6 +183,10 @@ def build_secondary_captures(
         # Laterality says otherwise: the brain is unpaired, "U".
         image.ImageLaterality = "U"
         image.ConversionType = "WSD"  # rendered on a workstation, not digitised
+        # The source's modality (MR), not highdicom's "OT": OHIF 3.13 opens its cine player
+        # over the top of every OT series (customization autoCineModalities = OT, US), which
+        # hid the band's first lines; an MR stack opens without it.
+        image.Modality = str(instance.get("Modality", "OT"))
         image.ImageComments = provenance.intended_use
         image.DerivationDescription = (
             f"{slice_label(source, index)} with tumour regions NCR/ED/ET by "

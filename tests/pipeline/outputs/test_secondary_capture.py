@@ -284,6 +284,8 @@ def test_sc_keeps_pixel_spacing_and_no_patient_geometry(written: Written, t1c: T
             assert keyword not in image
         assert image.BurnedInAnnotation == "YES"
         assert image.PhotometricInterpretation == "RGB"
+        # The source's modality: OHIF opens its cine player over every "OT" series.
+        assert image.Modality == source.Modality == "MR"
 
 
 def test_image_rows_show_the_regions(written: Written) -> None:
