@@ -170,7 +170,10 @@ def preprocessed_t1c(data_dir: Path, job_id: int) -> sitk.Image:
 
 def assert_results_in_pacs(site: Site, tcga_study: dict[str, BuiltSeries], job_id: int) -> None:
     found = site.series_by_modality()
-    assert {"SEG", "SR", "OT"} <= set(found), found.keys()  # OT: the secondary capture overlay
+    assert {"SEG", "SR", "MR"} <= set(found), found.keys()
+    # The secondary capture overlay carries its source's modality (MR; OHIF plays "OT" as cine).
+    descriptions = {series["MainDicomTags"].get("SeriesDescription") for series in found["MR"]}
+    assert "segnode tumour SC - not for clinical use" in descriptions, descriptions
     # The T1c's SEG, and one on each series registration moved against it (~16 mm here).
     segs = {series["MainDicomTags"].get("SeriesDescription"): series for series in found["SEG"]}
     assert set(segs) == {f"segnode tumour SEG{on} - not for clinical use" for on in ("", " on FLAIR", " on T2")}
