@@ -149,7 +149,7 @@ E2E_FOLDERS = frozenset({"integration"})
 #: of it (``file::test``, every parameter) or one parameter (``file::test[id]``). Measured on
 #: 2 cores: what stays out of this list keeps `scripts/test --fast` under two minutes.
 SLOW = frozenset({
-    "node/test_job_runner.py",  # two whole CPU pipelines
+    "node/test_job_runner.py",  # three whole CPU pipelines
     "node/test_run_command.py",  # `segnode run`: a whole CPU pipeline
     "node/test_model_commands.py",  # predict/evaluate on the real case
     "node/test_train_command.py",  # training epochs on real cases

@@ -111,7 +111,8 @@ def test_planted_phi_is_not_logged(tmp_path: Path, storescp: Callable[..., Store
     # The flow ran: received, quarantined, completed, one job through every step and sent.
     assert "instance quarantined" in text and "association accepted" in text
     assert sorted((state, step) for _, state, step in jobs) == [("done", None), ("failed", "selecting")]
-    assert len(pacs.received()) == 2  # the SEG and the SR reached the destination
+    # The T1c's SEG, the SEGs on the moved FLAIR and T2, and the SR reached the destination.
+    assert len(pacs.received()) == 4
     # The steps' lines (from the worker processes) and the sending step's are in this log,
     # each with its job and step.
     done_job = next(job_id for job_id, state, _ in jobs if state == "done")

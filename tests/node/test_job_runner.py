@@ -7,6 +7,7 @@ its results are written (delivery has its own tests against Orthanc and DCMTK).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,10 @@ def cli(node: Node, *args: str) -> Any:
 def test_missing_flair_fails_at_selecting_naming_the_cause_and_retry_runs_it_again(
     start: Callable[..., Node], tcga_study: dict[str, BuiltSeries]
 ) -> None:
-    node = start(completion=FAST_COMPLETION, jobs=JOBS_ON, model={"tta": False})
+    # No stand-ins: every sequence is required (the default lets the T2 stand in for the FLAIR).
+    node = start(
+        completion=FAST_COMPLETION, jobs=JOBS_ON, model={"tta": False}, selection={"substitutes": []}
+    )
     files = [p for role in ("t1", "t1c", "t2") for p in tcga_study[role].files]
     assert storescu(node.scp.port, files).returncode == 0
     job = job_when(node, lambda j: j.state == "failed", "the job to fail")
@@ -67,6 +71,25 @@ def test_missing_flair_fails_at_selecting_naming_the_cause_and_retry_runs_it_aga
     job = job_when(node, lambda j: j.state == "failed" and j.attempt == 2, "the retried job to fail")
     assert "retry" in event_kinds(node, job.id)
     assert cli(node, "jobs", "cancel", str(job.id)).exit_code == 1  # a failed job cannot be cancelled
+
+
+def test_a_missing_flair_is_stood_in_for_by_the_t2_and_the_job_recommends_review(
+    start: Callable[..., Node], tcga_study: dict[str, BuiltSeries]
+) -> None:
+    node = start(completion=FAST_COMPLETION, jobs=JOBS_ON, model={"tta": False})
+    files = [p for role in ("t1", "t1c", "t2") for p in tcga_study[role].files]
+    assert storescu(node.scp.port, files).returncode == 0
+    job = job_when(node, lambda j: j.state == "done", "the job to finish")
+    assert job.review_recommended is True
+    flags = {(flag["check"], flag.get("role")) for flag in job.quality_flags or []}
+    assert ("missing_sequence", "flair") in flags
+    folder = Path(node.store.data_dir) / "jobs" / str(job.id)
+    selection = json.loads((folder / "selection.json").read_text())
+    assert selection["substitutes"] == {"flair": "t2"}
+    assert selection["roles"]["flair"]["series_instance_uid"] == tcga_study["t2"].series_instance_uid
+    # The stand-in is not "moved" against itself: the T2 gets its own SEG, no SEG on "FLAIR".
+    outputs = sorted(p.name.split("-")[0] for p in (folder / "outputs").iterdir())
+    assert outputs == ["seg", "seg", "sr"]
 
 
 def test_cancel_during_a_step_stops_the_job_and_retry_resumes_it_to_done(
