@@ -160,6 +160,12 @@ class CompletionPolicy(Section):
     study_quiet_s: PositiveSeconds = 60.0
     association_release_hint: bool = True
     release_grace_s: Annotated[float, Field(ge=0)] = 10.0
+    fire_on_release_when_complete: bool = True
+    """Fire the moment every association that delivered to the study is released, if the study
+    then holds T1, T1c, T2 and FLAIR (as identified): no quiet time, no grace. Why: a PACS or a
+    radiologist's "send" delivers a study in one association; once it is released and the four
+    sequences are there, waiting only delays the result (a later series still reaches the
+    study by ``late_series``)."""
     required_series: list[Role] = []
     """Roles that must be present, as sequence identification (``[selection]``) sees them in
     the headers received so far: the same recogniser that later picks the job's series."""

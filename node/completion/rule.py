@@ -22,6 +22,7 @@ from enum import StrEnum
 from segnode.config.settings import CompletionPolicy, DeadlineAction, SelectionSettings
 from segnode.pipeline.selection import RoleAssignment, identify_sequences
 from segnode.pipeline.sequence_facts import SequenceFacts
+from segnode.vocabulary import Role
 
 
 class Verdict(StrEnum):
@@ -106,6 +107,24 @@ def decide(snapshot: StudySnapshot, policy: CompletionPolicy, now: datetime) -> 
         and snapshot.last_association_closed_at >= snapshot.last_received_at
         and _seconds(now - snapshot.last_association_closed_at) >= policy.release_grace_s
     )
+
+    all_released = (
+        snapshot.open_associations == 0
+        and snapshot.last_association_closed_at is not None
+        and snapshot.last_association_closed_at >= snapshot.last_received_at
+    )
+    if (
+        policy.fire_on_release_when_complete
+        and all_released
+        and not missing
+        and present.issuperset(role.value for role in Role)
+    ):
+        after_s = _seconds(now - snapshot.last_received_at)
+        return CompletionDecision(
+            Verdict.FIRE,
+            "complete: every association that delivered to the study was released with T1, T1c, "
+            f"T2 and FLAIR present; fired {after_s:.1f} s after the last instance",
+        )
 
     quiet_reason = None
     if all_series_quiet and study_quiet:

@@ -139,3 +139,29 @@ def test_a_t1_without_contrast_evidence_never_satisfies_t1c() -> None:
     study = snapshot({"a": 0, "b": 0}, roles={uid: set(found) for uid, found in roles.items()})
     decision = decide(study, policy, at(61))
     assert decision.verdict is Verdict.WAIT and decision.missing_roles == ("t1c",)
+
+
+ALL_FOUR = {"a": {"t1"}, "b": {"t1c"}, "c": {"t2"}, "d": {"flair"}}
+
+
+def test_a_released_study_with_all_four_sequences_fires_at_once() -> None:
+    study = snapshot({"a": 0, "b": 1, "c": 2, "d": 3.0}, roles=ALL_FOUR, open_associations=0, closed_at=3.2)
+    decision = decide(study, POLICY, at(3.5))  # no quiet time, no grace
+    assert decision.verdict is Verdict.FIRE
+    assert "released with T1, T1c, T2 and FLAIR present" in decision.reason
+    assert decision.reason.endswith("fired 0.5 s after the last instance")
+
+
+def test_release_alone_is_not_enough_without_all_four_or_while_one_is_open() -> None:
+    three = {uid: roles for uid, roles in ALL_FOUR.items() if uid != "d"}
+    partial = snapshot({"a": 0, "b": 1, "c": 2}, roles=three, open_associations=0, closed_at=3)
+    assert decide(partial, POLICY, at(4)).verdict is Verdict.WAIT  # the grace still applies
+    assert decide(partial, POLICY, at(13.5)).verdict is Verdict.FIRE  # the old hint, after the grace
+    still_open = snapshot({"a": 0, "b": 1, "c": 2, "d": 3}, roles=ALL_FOUR, open_associations=1, closed_at=3)
+    assert decide(still_open, POLICY, at(4)).verdict is Verdict.WAIT
+    # An instance after the last release (a second association under way, not yet recorded).
+    later = snapshot({"a": 0, "b": 1, "c": 2, "d": 5}, roles=ALL_FOUR, open_associations=0, closed_at=3)
+    assert decide(later, POLICY, at(5.5)).verdict is Verdict.WAIT
+    off = POLICY.model_copy(update={"fire_on_release_when_complete": False})
+    released = snapshot({"a": 0, "b": 1, "c": 2, "d": 3}, roles=ALL_FOUR, open_associations=0, closed_at=3)
+    assert decide(released, off, at(4)).verdict is Verdict.WAIT
