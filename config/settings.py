@@ -455,6 +455,10 @@ class JobSettings(Section):
     workers: Annotated[int, Field(ge=1, le=64)] = 1
     """Jobs run at the same time, each step in a worker process. The inferring step runs one
     at a time on the node (one device), whatever this is; other jobs' steps go on meanwhile."""
+    warm_workers: bool = True
+    """Start the worker processes when the node starts and load torch, MONAI, deepbet and the
+    configured models in them (again after a worker is replaced), so that the first job does
+    not pay for it."""
     keep_intermediates: bool = False
     """Keep a finished job's converted volumes and network input (tens of MB) for debugging."""
     step_timeout_s: PositiveSeconds = 3600.0

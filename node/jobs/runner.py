@@ -41,7 +41,7 @@ from segnode.node.delivery.sending_step import send_results
 from segnode.node.jobs.worker_pool import WorkerPool
 from segnode.node.logs import log_context
 from segnode.pipeline.errors import PipelineError
-from segnode.pipeline.steps import StepSettings, run_step
+from segnode.pipeline.steps import StepSettings, run_step, warm_up
 from segnode.pipeline.workspace import Inputs, Workspace
 from segnode.storage.filestore import FileStore
 from segnode.storage.job_states import NEXT_STATE, STEP_FOR_STATE, TRANSIENT_ERRORS, JobState
@@ -99,6 +99,8 @@ class JobRunner:
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
+        if self._settings.jobs.warm_workers:
+            self._pool.warm(warm_up, self._step_settings)
         for index in range(self._settings.jobs.workers):
             thread = threading.Thread(target=self._loop, name=f"job-runner-{index}", daemon=True)
             thread.start()

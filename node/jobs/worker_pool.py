@@ -24,12 +24,13 @@ this does not follow: a handler the node adds at the Python level only (a replac
 from __future__ import annotations
 
 import ctypes
+import logging
 import multiprocessing
 import signal
 import sys
 import threading
 from collections.abc import Callable, Mapping
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Generic, ParamSpec, TypeVar
@@ -37,6 +38,8 @@ from typing import Generic, ParamSpec, TypeVar
 from segnode.config.errors import TransientError
 from segnode.node.errors import NodeError
 from segnode.node.logs import configure_logging, current_log_context, log_context
+
+log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -107,7 +110,34 @@ class WorkerPool:
         self._workers = workers
         self._log_settings = (log_level, log_format)
         self._lock = threading.Lock()
+        self._warm_up: tuple[Callable[..., object], tuple[object, ...]] | None = None
         self._pool = self._new_pool()
+
+    def warm(self, function: Callable[..., object], *args: object) -> None:
+        """Start the workers now and run ``function(*args)`` in each, now and in every
+        replacement pool (after a crash or a timeout), without waiting for it.
+
+        Why: a spawned worker pays for importing torch and MONAI and loading the models on
+        its first step (seconds on 2 cores); warmed when the node starts, the first job's
+        steps find them loaded. The warm-up is queued like a step, so a step submitted
+        meanwhile waits behind it, never beside it. Its failure is logged and changes
+        nothing: the step that needs the model then loads it (and reports a real error).
+        """
+        with self._lock:
+            self._warm_up = (function, args)
+            pool = self._pool
+        self._submit_warm_up(pool)
+
+    def _submit_warm_up(self, pool: ProcessPoolExecutor) -> None:
+        if self._warm_up is None:
+            return
+        function, args = self._warm_up
+        for _ in range(self._workers):
+            try:
+                future = pool.submit(function, *args)
+            except RuntimeError:  # the pool was shut down meanwhile (the node is stopping)
+                return
+            future.add_done_callback(_log_warm_up)
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
@@ -152,17 +182,31 @@ class WorkerPool:
             ) from exc
 
     def _replace(self, pool: ProcessPoolExecutor) -> None:
-        """A broken or hung pool is killed and replaced (other jobs' steps in it re-run)."""
+        """A broken or hung pool is killed and replaced (other jobs' steps in it re-run);
+        the replacement is warmed like the first pool."""
+        replacement = None
         with self._lock:
             if self._pool is pool:
-                self._pool = self._new_pool()
+                self._pool = replacement = self._new_pool()
         _terminate(pool)
+        if replacement is not None:
+            self._submit_warm_up(replacement)
 
     def close(self) -> None:
         """Stop the workers now: a step in flight is abandoned and re-runs after a restart."""
         with self._lock:
             pool = self._pool
         _terminate(pool)
+
+
+def _log_warm_up(future: Future[object]) -> None:
+    if future.cancelled():
+        return
+    error = future.exception()
+    if error is not None:
+        log.warning("worker warm-up failed", extra={"error": f"{type(error).__name__}: {error}"})
+    else:
+        log.info("worker warm", extra={"warm_up": future.result()})
 
 
 def _terminate(pool: ProcessPoolExecutor) -> None:

@@ -74,6 +74,14 @@ def _model(data_dir: Path, model_id: str, device: torch.device) -> LoadedModel:
     return _models[key]
 
 
+def preload_models(data_dir: Path, model_ids: Sequence[str], device: torch.device) -> tuple[str, ...]:
+    """Load (and keep, in this process) the models a job will run: a warm worker's first
+    ``segment`` finds them loaded. Returns the ids loaded."""
+    for model_id in model_ids:
+        _model(data_dir, model_id, device)
+    return tuple(model_ids)
+
+
 def region_probabilities(
     models: Sequence[LoadedModel],
     image: np.ndarray,

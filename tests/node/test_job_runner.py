@@ -99,6 +99,9 @@ def test_cancel_during_a_step_stops_the_job_and_retry_resumes_it_to_done(
     files = [p for series in tcga_study.values() for p in series.files]
     assert storescu(node.scp.port, files).returncode == 0
     job = job_when(node, lambda j: j.state == "preprocessing", "preprocessing to start")
+    # One association with all four sequences: fired on its release, not after a quiet time.
+    assert job.trigger.startswith("complete: every association that delivered to the study was released")
+    assert "s after the last instance" in job.trigger
 
     result = cli(node, "jobs", "cancel", str(job.id), "--reason", "test")
     assert result.exit_code == 0

@@ -50,6 +50,9 @@ class ScriptedPool:
             return {"quality": answer.model_dump(mode="json")}
         return answer
 
+    def warm(self, function: Callable[..., Any], *args: Any) -> None:
+        self.steps.append("warm")
+
     def close(self) -> None:
         pass
 

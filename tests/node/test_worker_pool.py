@@ -134,3 +134,65 @@ def test_a_steps_lines_reach_the_nodes_stderr_with_the_callers_job_and_step(
     assert all(line["job_id"] == 42 and line["step"] == "selecting" for line in first)
     assert first[1]["series"] == 3
     assert not any("job_id" in line or "step" in line for line in second)  # nothing left behind
+
+
+_WARMED: dict[str, int] = {}
+
+
+def _warm_marker(value: int) -> int:
+    """A stand-in warm-up: leaves a mark in the worker process."""
+    _WARMED["value"] = value
+    return os.getpid()
+
+
+def _warm_state() -> tuple[int, int | None]:
+    return os.getpid(), _WARMED.get("value")
+
+
+def test_a_warmed_pool_runs_the_warm_up_first_and_again_in_a_replacement_worker() -> None:
+    pool = WorkerPool()
+    try:
+        pool.warm(_warm_marker, 7)
+        pid, mark = pool.run(60, _warm_state)
+        assert pid != os.getpid() and mark == 7  # the step found the worker warm
+        assert pool.run(60, _warm_state) == (pid, 7)  # and it stays warm between steps
+        with pytest.raises(WorkerCrashedError):
+            pool.run(60, os._exit, 3)
+        new_pid, new_mark = pool.run(60, _warm_state)
+        assert new_pid != pid and new_mark == 7  # the replacement was warmed too
+    finally:
+        pool.close()
+
+
+def test_an_unwarmed_pool_leaves_the_worker_cold() -> None:
+    pool = WorkerPool()
+    try:
+        assert pool.run(60, _warm_state)[1] is None
+    finally:
+        pool.close()
+
+
+def test_the_steps_warm_up_loads_deepbet_and_the_configured_model(tmp_path: Path) -> None:
+    """In this process, with a tiny random model (synthetic weights) in a real registry."""
+    from segnode.config.settings import (
+        PreprocessingSettings,
+        ResultSeriesSettings,
+        SelectionSettings,
+    )
+    from segnode.pipeline.brain_extraction import load_brain_extractor
+    from segnode.pipeline.model import segmentation
+    from segnode.pipeline.steps import StepSettings, warm_up
+
+    write_model_folder(tmp_path / "source")
+    ModelRegistry(tmp_path / "data" / "models").add_folder(tmp_path / "source")
+    settings = StepSettings(
+        data_dir=tmp_path / "data",
+        selection=SelectionSettings(),
+        preprocessing=PreprocessingSettings(),
+        model=ModelSettings(default="tiny-random-test", tta=False, device="cpu"),
+        result_series=ResultSeriesSettings(),
+    )
+    record = warm_up(settings)
+    assert record["models"] == ["tiny-random-test"] and record["device"] == "cpu"
+    assert ("tiny-random-test", "cpu") in segmentation._models
+    assert load_brain_extractor.cache_info().currsize >= 1
