@@ -14,6 +14,7 @@ and SR back. Reported, from the node's database and Orthanc:
 Target (issue 5): turnaround under 2 minutes after completion on 2 CPU cores.
 
 Run: .venv/bin/python bench/e2e.py [--tta | --no-tta] [--runs N] [--series-quiet S] [--study-quiet S]
+     .venv/bin/python bench/e2e.py --defaults [--runs N]   (issue 13's measure, see main_defaults)
 """
 
 from __future__ import annotations
@@ -118,6 +119,55 @@ def run_once(tmp: Path, study_files: list[Path], args: argparse.Namespace) -> di
         orthanc.stop()
 
 
+def _defaults_config(pacs_port: int) -> str:
+    """The shipped configuration, plus the one destination a site adds: nothing else."""
+    return f"""
+[[delivery.destinations]]
+name = "pacs"
+ae_title = "DCMTK"
+host = "127.0.0.1"
+port = {pacs_port}
+calling_ae = "SEGNODE"
+"""
+
+
+def run_defaults(tmp: Path, study_files: list[Path]) -> dict[str, Any]:
+    """Issue 13's measure: default configuration, a DCMTK storescp as the PACS, the study pushed
+    by ``dcmsend`` in one association; from the end of that association to the SEG at the PACS."""
+    import subprocess
+
+    from tests.dcmtk_peers import Storescp
+    from tests.helpers import NodeProcess, dcmtk_env, free_port, require_tool, wait_for
+
+    node_port = free_port()
+    pacs = Storescp(tmp / "pacs")
+    config = tmp / "node.toml"
+    config.write_text(_defaults_config(pacs.port))
+    data_dir = tmp / "data"
+    node = NodeProcess(config, data_dir, node_port, tmp / "node.log").start()
+    try:
+        time.sleep(5)  # an idle node, as a site's would be (its workers warm, if configured so)
+        subprocess.run(
+            [require_tool("dcmsend"), "-aec", "SEGNODE", "-aet", "BENCH", "127.0.0.1", str(node_port),
+             *map(str, study_files)],
+            check=True, env=dcmtk_env(), capture_output=True, timeout=300,
+        )
+        released = time.monotonic()
+
+        def seg_at_pacs() -> bool:
+            return any(path.name.startswith("SEG.") for path in pacs.folder.iterdir())
+
+        wait_for(seg_at_pacs, 900, "the SEG at the PACS", interval_s=0.1)
+        seconds = time.monotonic() - released
+        time.sleep(0.5)
+        figures = _measure(data_dir)
+        figures["release_to_seg_s"] = seconds
+        return figures
+    finally:
+        node.stop()
+        pacs.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
@@ -125,7 +175,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--series-quiet", type=float, default=5.0)
     parser.add_argument("--study-quiet", type=float, default=10.0)
+    parser.add_argument("--defaults", action="store_true",
+                        help="issue 13's measure: shipped configuration + one storescp destination, "
+                             "dcmsend in one association; seconds from its release to the SEG at the PACS")
     args = parser.parse_args()
+    if args.defaults:
+        main_defaults(args.runs)
+        return
     from tests.fixtures.dicom_study import build_tcga_study
 
     print(f"# segnode end-to-end benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
@@ -145,6 +201,27 @@ def main() -> None:
                   + " ".join(f"{steps.get(s, float('nan')):>13.1f}" for s in STEPS)
                   + f" {figures['turnaround_s']:>10.1f} {figures['total_s']:>7.1f}")
     print("\nseconds; turnaround = job created -> SEG acknowledged by Orthanc (target < 120 s on 2 cores)")
+
+
+def main_defaults(runs: int) -> None:
+    from tests.fixtures.dicom_study import build_tcga_study
+
+    print(f"# segnode end-to-end benchmark, --defaults, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+    print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+          "shipped configuration, one DCMTK storescp destination, dcmsend in one association")
+    with tempfile.TemporaryDirectory() as built:
+        series = build_tcga_study(Path(built))
+        files = [path for s in series.values() for path in s.files]
+        print(f"# study: TCGA-FG-6692 native, 4 series, {len(files)} instances\n")
+        print(f"{'run':>3} {'completion':>10} " + " ".join(f"{s:>13}" for s in STEPS) + f" {'release->SEG':>12}")
+        for run in range(1, runs + 1):
+            with tempfile.TemporaryDirectory() as tmp:
+                figures = run_defaults(Path(tmp), files)
+            steps = figures["steps_s"]
+            print(f"{run:>3} {figures['completion_wait_s']:>10.1f} "
+                  + " ".join(f"{steps.get(s, float('nan')):>13.1f}" for s in STEPS)
+                  + f" {figures['release_to_seg_s']:>12.1f}")
+    print("\nseconds; release->SEG = the sender's association released -> the SEG file at the PACS")
 
 
 if __name__ == "__main__":

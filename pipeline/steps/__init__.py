@@ -102,28 +102,12 @@ def run_all(work_dir: Path, settings: StepSettings) -> dict[str, dict[str, objec
     return {name: run_step(name, work_dir, settings) for name in STEP_ORDER}
 
 
+
 def warm_up(settings: StepSettings) -> dict[str, object]:
-    """Load what the steps load, in this (worker) process: torch, MONAI, deepbet's models, the
-    configured segmentation models. Returns what was loaded and how long it took.
+    """Load what the steps load, in this (worker) process (``segnode.pipeline.steps.warm``).
 
-    The heavy imports are here, not at the top, so this package stays light (the node's own
-    process imports it); ``segnode.node.jobs.worker_pool.WorkerPool.warm`` runs it in each worker.
+    Imported by name, like a step, so that this package (and the node's process, which names
+    this function for ``WorkerPool.warm``) never imports torch, MONAI or deepbet.
     """
-    import os
-
-    from segnode.pipeline.brain_extraction import load_brain_extractor
-    from segnode.pipeline.model.device import select_device
-    from segnode.pipeline.model.segmentation import preload_models
-
-    started = time.perf_counter()
-    for name in STEP_ORDER:
-        importlib.import_module(f"{__name__}.{name}")
-    load_brain_extractor("cpu")
-    device = select_device(settings.model.device)
-    models = preload_models(settings.data_dir, (settings.model.default, *settings.model.ensemble), device)
-    return {
-        "pid": os.getpid(),
-        "models": list(models),
-        "device": str(device),
-        "seconds": round(time.perf_counter() - started, 2),
-    }
+    warm: Callable[[StepSettings], dict[str, object]] = importlib.import_module(f"{__name__}.warm").run
+    return warm(settings)
