@@ -131,7 +131,7 @@ calling_ae = "SEGNODE"
 """
 
 
-def run_defaults(tmp: Path, study_files: list[Path]) -> dict[str, Any]:
+def run_defaults(tmp: Path, study_files: list[Path], extra_toml: str = "") -> dict[str, Any]:
     """Issue 13's measure: default configuration, a DCMTK storescp as the PACS, the study pushed
     by ``dcmsend`` in one association; from the end of that association to the SEG at the PACS."""
     import subprocess
@@ -142,7 +142,7 @@ def run_defaults(tmp: Path, study_files: list[Path]) -> dict[str, Any]:
     node_port = free_port()
     pacs = Storescp(tmp / "pacs")
     config = tmp / "node.toml"
-    config.write_text(_defaults_config(pacs.port))
+    config.write_text(extra_toml + "\n" + _defaults_config(pacs.port))
     data_dir = tmp / "data"
     node = NodeProcess(config, data_dir, node_port, tmp / "node.log").start()
     try:
@@ -178,9 +178,12 @@ def main() -> None:
     parser.add_argument("--defaults", action="store_true",
                         help="issue 13's measure: shipped configuration + one storescp destination, "
                              "dcmsend in one association; seconds from its release to the SEG at the PACS")
+    parser.add_argument("--extra-toml", default="",
+                        help="with --defaults: TOML put before the destination, e.g. to switch a "
+                             "default off for a before/after comparison")
     args = parser.parse_args()
     if args.defaults:
-        main_defaults(args.runs)
+        main_defaults(args.runs, args.extra_toml)
         return
     from tests.fixtures.dicom_study import build_tcga_study
 
@@ -203,12 +206,13 @@ def main() -> None:
     print("\nseconds; turnaround = job created -> SEG acknowledged by Orthanc (target < 120 s on 2 cores)")
 
 
-def main_defaults(runs: int) -> None:
+def main_defaults(runs: int, extra_toml: str = "") -> None:
     from tests.fixtures.dicom_study import build_tcga_study
 
     print(f"# segnode end-to-end benchmark, --defaults, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-          "shipped configuration, one DCMTK storescp destination, dcmsend in one association")
+          "shipped configuration, one DCMTK storescp destination, dcmsend in one association"
+          + (f"; extra: {extra_toml!r}" if extra_toml else ""))
     with tempfile.TemporaryDirectory() as built:
         series = build_tcga_study(Path(built))
         files = [path for s in series.values() for path in s.files]
@@ -216,7 +220,7 @@ def main_defaults(runs: int) -> None:
         print(f"{'run':>3} {'completion':>10} " + " ".join(f"{s:>13}" for s in STEPS) + f" {'release->SEG':>12}")
         for run in range(1, runs + 1):
             with tempfile.TemporaryDirectory() as tmp:
-                figures = run_defaults(Path(tmp), files)
+                figures = run_defaults(Path(tmp), files, extra_toml)
             steps = figures["steps_s"]
             print(f"{run:>3} {figures['completion_wait_s']:>10.1f} "
                   + " ".join(f"{steps.get(s, float('nan')):>13.1f}" for s in STEPS)

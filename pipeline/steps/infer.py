@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
@@ -16,6 +17,8 @@ from segnode.pipeline.steps import StepSettings
 from segnode.pipeline.workspace import InferenceRecord, Workspace, jsonable
 from segnode.pipeline.workspace_images import read_preprocessed, read_volume, write_image
 from segnode.vocabulary import CHANNEL_ORDER, LabelConvention, Role
+
+log = logging.getLogger(__name__)
 
 
 def _agreement(summary: AgreementSummary | None, spacing_mm: Sequence[float]) -> TtaAgreement | None:
@@ -63,4 +66,9 @@ def run(workspace: Workspace, settings: StepSettings) -> dict[str, object]:
         }
     )
     workspace.write_inference(record)
+    # A line of this step's own: with warm workers the model was loaded before the job.
+    log.info(
+        "segmented",
+        extra={"models": record.ensemble_id, "device": record.device, "tta": record.tta},
+    )
     return record.model_dump(mode="json")
