@@ -155,7 +155,8 @@ def run_defaults(tmp: Path, study_files: list[Path], extra_toml: str = "") -> di
         released = time.monotonic()
 
         def seg_at_pacs() -> bool:
-            return any(path.name.startswith("SEG.") for path in pacs.folder.iterdir())
+            # storescp names a file <modality>.<SOP Instance UID>; a Segmentation is "SG".
+            return any(path.name.startswith(("SG.", "SEG.")) for path in pacs.folder.iterdir())
 
         wait_for(seg_at_pacs, 900, "the SEG at the PACS", interval_s=0.1)
         seconds = time.monotonic() - released
