@@ -17,7 +17,14 @@ from segnode.pipeline.conversion import convert_series
 from segnode.pipeline.outputs import write_results
 from segnode.vocabulary import OutputKind
 from tests.fixtures.dicom_study import BuiltSeries
-from tests.pipeline.outputs.dicom_checks import PROVENANCE, T1cCase, Written, synthetic_labels
+from tests.pipeline.outputs.dicom_checks import (
+    FLAGGED,
+    PROVENANCE,
+    T1cCase,
+    Written,
+    synthetic_labels,
+    write_with_quality,
+)
 
 SETTINGS = ResultSeriesSettings(
     seg_series_number=701,
@@ -77,3 +84,9 @@ def written_empty(t1c: T1cCase, tmp_path_factory: pytest.TempPathFactory) -> Wri
     return _write(
         t1c, empty, SETTINGS, ["seg", "sr", "sc", "pdf"], tmp_path_factory.mktemp("empty")
     )
+
+
+@pytest.fixture(scope="session")
+def written_flagged(t1c: T1cCase, labels: sitk.Image, tmp_path_factory: pytest.TempPathFactory) -> Written:
+    """SC and PDF of the same labels with two quality flags raised (``FLAGGED``)."""
+    return write_with_quality(t1c, labels, tmp_path_factory.mktemp("flagged"), ["sc", "pdf"], FLAGGED)

@@ -12,7 +12,9 @@ from numpy.typing import NDArray
 
 from segnode.config.settings import ResultSeriesSettings
 from segnode.pipeline.conversion import ConvertedVolume
-from segnode.pipeline.outputs import AlgorithmProvenance, ResultsRecord
+from segnode.pipeline.outputs import AlgorithmProvenance, ResultsRecord, write_results
+from segnode.pipeline.quality.record import QaCheck, QaFlag, QualityReport
+from segnode.vocabulary import OutputKind, Role
 from tests.fixtures.dicom_study import BuiltSeries
 from tests.helpers import require_tool
 
@@ -44,6 +46,35 @@ class Written:
     labels: sitk.Image
     record: ResultsRecord
     settings: ResultSeriesSettings
+
+
+#: Two flags as the quality checks word them (one with a degree sign), long enough to wrap.
+FLAGGED = QualityReport(
+    flags=(
+        QaFlag(
+            check=QaCheck.MOTION,
+            summary="FLAIR is 16.2 mm / 3.1° from the T1c (limit 2.0 mm / 2.0°)",
+            role=Role.FLAIR,
+        ),
+        QaFlag(
+            check=QaCheck.SLICE_THICKNESS,
+            summary="T2 slices are 6.5 mm apart; the training data's are at most 5.0 mm",
+            role=Role.T2,
+        ),
+    ),
+    checked=tuple(QaCheck),
+)
+
+
+def write_with_quality(
+    t1c: T1cCase, labels: sitk.Image, out: Path, kinds: list[OutputKind], quality: QualityReport
+) -> Written:
+    """``kinds`` of ``labels`` on the T1c, written with ``quality``'s flags (default settings)."""
+    settings = ResultSeriesSettings()
+    record = write_results(
+        t1c.files, t1c.volume.slices, labels, 4, PROVENANCE, settings, kinds, out, quality
+    )
+    return Written(labels, record, settings)
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,6 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from segnode.config.settings import ResultSeriesSettings
-from segnode.pipeline.outputs import write_results
 from segnode.pipeline.outputs.annotation_text import format_ml
 from segnode.pipeline.outputs.pdf_report import (
     BANNER,
@@ -42,30 +40,18 @@ from segnode.pipeline.quality.record import QaCheck, QaFlag, QualityReport
 from segnode.vocabulary import ALL_REGIONS, BASE_REGIONS, Region
 from tests.fixtures.dicom_study import PatientTags
 from tests.pipeline.outputs.dicom_checks import (
+    FLAGGED,
     PROVENANCE,
     T1cCase,
     Written,
     dciodvfy,
     unexpected_warnings,
 )
-from tests.pipeline.outputs.test_secondary_capture import FLAGGED
 
 
 def read_pdf(written: Written) -> pydicom.Dataset:
     (obj,) = written.record.of_kind("pdf")
     return pydicom.dcmread(obj.path)
-
-
-@pytest.fixture(scope="module")
-def written_flagged_pdf(
-    t1c: T1cCase, labels: sitk.Image, tmp_path_factory: pytest.TempPathFactory
-) -> Written:
-    settings = ResultSeriesSettings()
-    out = tmp_path_factory.mktemp("flagged_pdf")
-    record = write_results(
-        t1c.files, t1c.volume.slices, labels, 4, PROVENANCE, settings, ["pdf"], out, FLAGGED
-    )
-    return Written(labels, record, settings)
 
 
 def page_of(t1c: T1cCase, labels: sitk.Image, quality: QualityReport) -> RenderedPage:
@@ -80,7 +66,7 @@ def overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool
     return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
 
 
-@pytest.mark.parametrize("variant", ["written", "written_empty", "written_flagged_pdf"])
+@pytest.mark.parametrize("variant", ["written", "written_empty", "written_flagged"])
 def test_pdf_passes_dciodvfy(variant: str, request: pytest.FixtureRequest) -> None:
     written: Written = request.getfixturevalue(variant)
     (obj,) = written.record.of_kind("pdf")
@@ -104,9 +90,9 @@ def test_pdf_is_encapsulated_in_the_source_study(written: Written, t1c: T1cCase)
 
 
 def test_document_is_a_one_page_pdf_without_patient_identity(
-    written: Written, written_flagged_pdf: Written
+    written: Written, written_flagged: Written
 ) -> None:
-    for variant, headline in ((written, "No quality flag raised"), (written_flagged_pdf, "REVIEW")):
+    for variant, headline in ((written, "No quality flag raised"), (written_flagged, "REVIEW")):
         dataset = read_pdf(variant)
         document = bytes(dataset.EncapsulatedDocument)[: dataset.EncapsulatedDocumentLength]
         assert document.startswith(b"%PDF-")

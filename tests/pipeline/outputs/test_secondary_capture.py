@@ -16,8 +16,6 @@ import pytest
 import SimpleITK as sitk
 from numpy.typing import NDArray
 
-from segnode.config.settings import ResultSeriesSettings
-from segnode.pipeline.outputs import write_results
 from segnode.pipeline.outputs.annotation_band import (
     REVIEW_COLOUR,
     WARNING_BAR,
@@ -40,8 +38,9 @@ from segnode.pipeline.outputs.regions import (
 from segnode.pipeline.outputs.secondary_capture import display_window, render_slice, slices_to_show
 from segnode.pipeline.outputs.source import SourceSeries, load_source_series
 from segnode.pipeline.quality.record import QaCheck, QaFlag, QualityReport
-from segnode.vocabulary import ALL_REGIONS, BASE_REGIONS, Region, Role
+from segnode.vocabulary import ALL_REGIONS, BASE_REGIONS, Region
 from tests.pipeline.outputs.dicom_checks import (
+    FLAGGED,
     PROVENANCE,
     T1cCase,
     Written,
@@ -49,40 +48,10 @@ from tests.pipeline.outputs.dicom_checks import (
     unexpected_warnings,
 )
 
-#: Two flags as the quality checks word them (one with a degree sign), long enough to wrap.
-FLAGGED = QualityReport(
-    flags=(
-        QaFlag(
-            check=QaCheck.MOTION,
-            summary="FLAIR is 16.2 mm / 3.1° from the T1c (limit 2.0 mm / 2.0°)",
-            role=Role.FLAIR,
-        ),
-        QaFlag(
-            check=QaCheck.SLICE_THICKNESS,
-            summary="T2 slices are 6.5 mm apart; the training data's are at most 5.0 mm",
-            role=Role.T2,
-        ),
-    ),
-    checked=tuple(QaCheck),
-)
-
 
 def read_images(written: Written) -> list[pydicom.Dataset]:
     images = [pydicom.dcmread(obj.path) for obj in written.record.of_kind("sc")]
     return sorted(images, key=lambda image: int(image.InstanceNumber))
-
-
-@pytest.fixture(scope="module")
-def written_flagged(
-    t1c: T1cCase, labels: sitk.Image, tmp_path_factory: pytest.TempPathFactory
-) -> Written:
-    """SC and PDF of the same labels with two quality flags raised."""
-    settings = ResultSeriesSettings()
-    out = tmp_path_factory.mktemp("flagged")
-    record = write_results(
-        t1c.files, t1c.volume.slices, labels, 4, PROVENANCE, settings, ["sc", "pdf"], out, FLAGGED
-    )
-    return Written(labels, record, settings)
 
 
 @dataclass(frozen=True)

@@ -10,16 +10,15 @@ import pytest
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
-from segnode.config.settings import ResultSeriesSettings
-from segnode.pipeline.outputs import codes, write_results
+from segnode.pipeline.outputs import codes
 from segnode.pipeline.quality.record import CHECK_TITLES, QaCheck, QaFlag, QualityReport
 from segnode.vocabulary import Role
 from tests.pipeline.outputs.dicom_checks import (
-    PROVENANCE,
     T1cCase,
     Written,
     dciodvfy,
     unexpected_warnings,
+    write_with_quality,
 )
 from tests.pipeline.outputs.sr_reading import read_sr, region_groups
 
@@ -38,14 +37,10 @@ FLAGGED = QualityReport(
 
 
 @pytest.fixture(scope="module")
-def written_flagged(
+def flagged_sr(
     t1c: T1cCase, labels: sitk.Image, tmp_path_factory: pytest.TempPathFactory
 ) -> Written:
-    out, settings = tmp_path_factory.mktemp("flagged"), ResultSeriesSettings()
-    record = write_results(
-        t1c.files, t1c.volume.slices, labels, 4, PROVENANCE, settings, ["sr"], out, FLAGGED
-    )
-    return Written(labels, record, settings)
+    return write_with_quality(t1c, labels, tmp_path_factory.mktemp("flagged_sr"), ["sr"], FLAGGED)
 
 
 def evaluations(path: Path) -> list[Dataset]:
@@ -72,8 +67,8 @@ def value_of(item: Dataset) -> object:
     return str(item.TextValue)
 
 
-def test_each_raised_flag_is_coded_with_its_summary(written_flagged: Written) -> None:
-    (obj,) = written_flagged.record.of_kind("sr")
+def test_each_raised_flag_is_coded_with_its_summary(flagged_sr: Written) -> None:
+    (obj,) = flagged_sr.record.of_kind("sr")
     items = [(item.ValueType, concept(item), value_of(item)) for item in evaluations(obj.path)]
     private = codes.PRIVATE_SCHEME
     assert items == [
@@ -89,15 +84,15 @@ def test_each_raised_flag_is_coded_with_its_summary(written_flagged: Written) ->
     assert weak.CodeMeaning == CHECK_TITLES[QaCheck.WEAK_IDENTIFICATION]
 
 
-def test_flagged_sr_is_valid_and_carries_the_degree_sign(written_flagged: Written) -> None:
-    (obj,) = written_flagged.record.of_kind("sr")
+def test_flagged_sr_is_valid_and_carries_the_degree_sign(flagged_sr: Written) -> None:
+    (obj,) = flagged_sr.record.of_kind("sr")
     validation = dciodvfy(obj.path)
     assert validation.errors == []
     assert unexpected_warnings(validation) == []
     sr = pydicom.dcmread(obj.path)
     assert sr.SpecificCharacterSet == "ISO_IR 192"  # "°" needs more than ASCII
     # highdicom reads it, and the measurements are untouched by the evaluations.
-    assert len(region_groups(read_sr(written_flagged))) == 5
+    assert len(region_groups(read_sr(flagged_sr))) == 5
     assert isinstance(hd.sr.srread(obj.path).content, hd.sr.MeasurementReport)
 
 
