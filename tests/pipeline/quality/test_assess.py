@@ -30,13 +30,12 @@ from segnode.pipeline.quality.assess import (
 from segnode.pipeline.quality.record import QaCheck, QualityReport, TtaAgreement
 from segnode.pipeline.registration import RigidResult
 from segnode.pipeline.selection import identify_sequences, stand_ins
+from segnode.pipeline.steps.select import selection_of
 from segnode.pipeline.workspace import (
     InferenceRecord,
     ModelIdentity,
-    SelectedSeries,
     Selection,
     Workspace,
-    jsonable,
 )
 from segnode.vocabulary import LabelConvention, Region, Role
 from tests.pipeline.test_selection import BRAIN_STUDY, series
@@ -55,19 +54,10 @@ def _registration(angle_deg: float, translation: tuple[float, float, float]) -> 
 
 
 def _selection(study: list, settings: SelectionSettings = SELECTION) -> Selection:  # noqa: ANN001
+    """As the select step makes it (files left out: the checks read none)."""
     assignment = identify_sequences(study, settings)
     substitutes = stand_ins(assignment, settings.stand_in_for)
-    chosen = {**assignment.chosen, **{m: assignment.chosen[s] for m, s in substitutes.items()}}
-    return Selection(
-        roles={
-            role: SelectedSeries(
-                series_instance_uid=c.facts.series_instance_uid, description=c.facts.description, files=()
-            )
-            for role, c in chosen.items()
-        },
-        substitutes=substitutes,
-        record=jsonable(assignment.as_record()),
-    )
+    return selection_of(assignment, substitutes, {facts.series_instance_uid: () for facts in study})
 
 
 def test_motion_is_the_translation_at_the_centre_and_the_rotation_angle() -> None:
