@@ -123,11 +123,20 @@ class JobFileRecord(BaseModel):
             WorkspaceError: the text is not JSON or not this record, naming ``source``
                 (the file) and every problem's location.
         """
-        try:
-            return cls.model_validate_json(text)
-        except ValidationError as exc:
-            what = source or f"a {cls.__name__} record"
-            raise WorkspaceError(f"{what} is malformed: {_problems(exc)}") from None
+        return parse_record(cls, text, source=source)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_record(model: type[M], text: str | bytes, *, source: str | None = None) -> M:
+    """``model`` from a file's text, or a :class:`WorkspaceError` naming ``source`` and every
+    problem's location (for records defined outside this module too, e.g. the quality report)."""
+    try:
+        return model.model_validate_json(text)
+    except ValidationError as exc:
+        what = source or f"a {model.__name__} record"
+        raise WorkspaceError(f"{what} is malformed: {_problems(exc)}") from None
 
 
 # -- inputs.json -------------------------------------------------------------------------
@@ -290,7 +299,7 @@ class Results(JobFileRecord):
         return [obj for obj in self.objects if obj.kind in kinds]
 
 
-R = TypeVar("R", bound=JobFileRecord)
+R = TypeVar("R", bound=BaseModel)
 
 
 # -- the folder --------------------------------------------------------------------------
@@ -390,8 +399,8 @@ class Workspace:
             ) from exc
 
     def _read(self, path: Path, record: type[R]) -> R:
-        return record.from_json(
-            self._read_text(path), source=f"{self.name_of(path)} in the job folder {self.root}"
+        return parse_record(
+            record, self._read_text(path), source=f"{self.name_of(path)} in the job folder {self.root}"
         )
 
     # -- the records -----------------------------------------------------------------------
@@ -447,16 +456,7 @@ class Workspace:
         return self._write_text(self.quality_path, report.model_dump_json(indent=2))
 
     def read_quality(self) -> QualityReport:
-        """The job's quality report.
-
-        Raises:
-            WorkspaceError: missing or malformed.
-        """
-        text = self._read_text(self.quality_path)
-        try:
-            return QualityReport.model_validate_json(text)
-        except ValidationError as exc:
-            raise WorkspaceError(f"{QUALITY} is malformed: {_problems(exc)}") from None
+        return self._read(self.quality_path, QualityReport)
 
     def prune_intermediates(self) -> int:
         """Delete the converted volumes and the network input (tens of MB per job); bytes freed.

@@ -259,3 +259,10 @@ def test_pruning_keeps_the_records_and_the_label_map(tmp_path: Path) -> None:
         workspace.write_file(path, lambda tmp: tmp.write_bytes(b"12345"))
     assert workspace.prune_intermediates() == 5 * len(pruned)
     assert all(path.is_file() for path in kept) and not any(path.exists() for path in pruned)
+
+
+def test_a_malformed_quality_report_names_the_file_and_the_problem(tmp_path: Path) -> None:
+    workspace = Workspace(tmp_path)
+    workspace.quality_path.write_text('{"flags": [{"check": "no_such_check", "summary": "x"}]}')
+    with pytest.raises(WorkspaceError, match=r"quality.json in the job folder .* is malformed: flags.0.check"):
+        workspace.read_quality()
