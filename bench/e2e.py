@@ -27,6 +27,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -186,47 +187,53 @@ def main() -> None:
     if args.defaults:
         main_defaults(args.runs, args.extra_toml)
         return
-    from tests.fixtures.dicom_study import build_tcga_study
-
-    print(f"# segnode end-to-end benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
-    print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-          f"TTA {'on' if args.tta else 'off'}; quiet times series {args.series_quiet} s, study {args.study_quiet} s")
-    with tempfile.TemporaryDirectory() as built:
-        series = build_tcga_study(Path(built))
-        files = [path for s in series.values() for path in s.files]
-        print(f"# study: TCGA-FG-6692 native, 4 series, {len(files)} instances\n")
-        header = f"{'run':>3} {'completion':>10} " + " ".join(f"{s:>13}" for s in STEPS) + f" {'turnaround':>10} {'total':>7}"
-        print(header)
-        for run in range(1, args.runs + 1):
-            with tempfile.TemporaryDirectory() as tmp:
-                figures = run_once(Path(tmp), files, args)
-            steps = figures["steps_s"]
-            print(f"{run:>3} {figures['completion_wait_s']:>10.1f} "
-                  + " ".join(f"{steps.get(s, float('nan')):>13.1f}" for s in STEPS)
-                  + f" {figures['turnaround_s']:>10.1f} {figures['total_s']:>7.1f}")
-    print("\nseconds; turnaround = job created -> SEG acknowledged by Orthanc (target < 120 s on 2 cores)")
+    _report(
+        f"TTA {'on' if args.tta else 'off'}; quiet times series {args.series_quiet} s, study {args.study_quiet} s",
+        args.runs,
+        lambda tmp, files: run_once(tmp, files, args),
+        (("turnaround", "turnaround_s"), ("total", "total_s")),
+        "turnaround = job created -> SEG acknowledged by Orthanc (target < 120 s on 2 cores)",
+    )
 
 
 def main_defaults(runs: int, extra_toml: str = "") -> None:
+    _report(
+        "shipped configuration, one DCMTK storescp destination, dcmsend in one association"
+        + (f"; extra: {extra_toml!r}" if extra_toml else ""),
+        runs,
+        lambda tmp, files: run_defaults(tmp, files, extra_toml),
+        (("release->SEG", "release_to_seg_s"),),
+        "release->SEG = the sender's association released -> the SEG file at the PACS",
+    )
+
+
+def _report(
+    setup: str,
+    runs: int,
+    run: Callable[[Path, list[Path]], dict[str, Any]],
+    columns: tuple[tuple[str, str], ...],
+    legend: str,
+) -> None:
+    """Build the study once, run ``runs`` times, print one row per run: completion wait, the
+    steps, then ``columns`` (title, key of ``run``'s figures)."""
     from tests.fixtures.dicom_study import build_tcga_study
 
-    print(f"# segnode end-to-end benchmark, --defaults, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
-    print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-          "shipped configuration, one DCMTK storescp destination, dcmsend in one association"
-          + (f"; extra: {extra_toml!r}" if extra_toml else ""))
+    print(f"# segnode end-to-end benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+    print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; {setup}")
     with tempfile.TemporaryDirectory() as built:
         series = build_tcga_study(Path(built))
         files = [path for s in series.values() for path in s.files]
         print(f"# study: TCGA-FG-6692 native, 4 series, {len(files)} instances\n")
-        print(f"{'run':>3} {'completion':>10} " + " ".join(f"{s:>13}" for s in STEPS) + f" {'release->SEG':>12}")
-        for run in range(1, runs + 1):
+        print(f"{'run':>3} {'completion':>10} " + " ".join(f"{s:>13}" for s in STEPS)
+              + "".join(f" {title:>12}" for title, _ in columns))
+        for number in range(1, runs + 1):
             with tempfile.TemporaryDirectory() as tmp:
-                figures = run_defaults(Path(tmp), files, extra_toml)
+                figures = run(Path(tmp), files)
             steps = figures["steps_s"]
-            print(f"{run:>3} {figures['completion_wait_s']:>10.1f} "
+            print(f"{number:>3} {figures['completion_wait_s']:>10.1f} "
                   + " ".join(f"{steps.get(s, float('nan')):>13.1f}" for s in STEPS)
-                  + f" {figures['release_to_seg_s']:>12.1f}")
-    print("\nseconds; release->SEG = the sender's association released -> the SEG file at the PACS")
+                  + "".join(f" {figures[key]:>12.1f}" for _, key in columns))
+    print(f"\nseconds; {legend}")
 
 
 if __name__ == "__main__":
