@@ -376,6 +376,10 @@ class ModelSettings(Section):
     """Test-time augmentation: mean over the 8 axis flips (paper section 4)."""
     device: Annotated[str, StringConstraints(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")] = "auto"
     """auto (a GPU when present), cpu, cuda or cuda:N (segnode.pipeline.model.device)."""
+    backend: Literal["auto", "pytorch", "openvino"] = "auto"
+    """Inference engine: auto (OpenVINO on the CPU when its export agrees with PyTorch,
+    PyTorch otherwise), pytorch, or openvino (an error where it cannot run);
+    segnode.pipeline.model.backend."""
     threshold: Annotated[float, Field(gt=0, lt=1)] | None = None
     """Region probability threshold; None: the model's value tuned on its CV folds."""
     et_threshold: Annotated[float, Field(gt=0, lt=1)] | None = None

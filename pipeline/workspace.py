@@ -214,11 +214,19 @@ class VolumeRecord(JobFileRecord):
 
 # -- inference/record.json ---------------------------------------------------------------
 class ModelIdentity(JobFileRecord):
-    """One model whose weights made the labels: registry id, its version, the weights' SHA-256."""
+    """One model whose weights made the labels: registry id, version, the weights' SHA-256, the engine."""
 
     id: str
     version: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    backend: str = "pytorch"
+    """The engine that ran it (``segnode.pipeline.model.backend``); records older than the
+    choice were all PyTorch."""
+    backend_version: str | None = None
+    export_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    """SHA-256 of the exported network the engine ran (OpenVINO IR); None for PyTorch."""
+    backend_reason: str | None = None
+    """Why ``auto`` chose PyTorch, when it did (a GPU, an export OpenVINO refused)."""
 
 
 class InferenceRecord(JobFileRecord):

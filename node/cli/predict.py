@@ -35,7 +35,7 @@ def describe(summary: PredictionSummary) -> str:
         f"model {summary.model_id} (sha256 {summary.weights_sha256[:12]}), "
         f"TTA {'on' if summary.tta else 'off'}, "
         + (f"sliding window {window}" if window else "full volume")
-        + f", {summary.device}, {summary.inference_s:.1f} s",
+        + f", {summary.device} ({summary.backend}), {summary.inference_s:.1f} s",
         f"voxels: NCR {counts['ncr']}, ED {counts['ed']}, ET {counts['et']}",
     ]
     if record.min_component_voxels:

@@ -47,3 +47,8 @@ class ChannelNameError(BundleImportError):
 class DeviceError(ModelError):
     """The configured torch device is unknown or not available on this machine
     (``segnode.pipeline.model.device``)."""
+
+
+class BackendError(ModelError):
+    """The configured inference backend cannot run this model here (OpenVINO asked for on a
+    GPU, an export OpenVINO cannot convert, or one that disagrees with PyTorch)."""

@@ -15,6 +15,8 @@ from monai.networks.nets.unet import UNet
 
 from segnode.pipeline.model.manifest import ArchitectureSpec
 
+_LOGIT_EPS = 1e-6
+
 
 class MeanOfMembers(torch.nn.Module):
     """An ensemble stored as one network: its output is the logit of the members' mean
@@ -29,7 +31,9 @@ class MeanOfMembers(torch.nn.Module):
         probabilities = torch.stack(
             [torch.sigmoid(segmentation_logits(member, batch).float()) for member in self.members]
         ).mean(dim=0)
-        return torch.logit(probabilities, eps=1e-6)
+        # torch.logit(p, eps) spelled out: OpenVINO's PyTorch front end has no aten::logit.
+        clamped = probabilities.clamp(_LOGIT_EPS, 1.0 - _LOGIT_EPS)
+        return torch.log(clamped) - torch.log1p(-clamped)
 
 
 def build_network(spec: ArchitectureSpec) -> torch.nn.Module:

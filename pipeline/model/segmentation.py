@@ -22,6 +22,7 @@ import torch
 
 from segnode.config.settings import ModelSettings
 from segnode.pipeline.model.agreement import THRESHOLD, AgreementSummary, PassAgreement
+from segnode.pipeline.model.backend import BackendChoice, on_backend
 from segnode.pipeline.model.device import autocast_dtype, select_device
 from segnode.pipeline.model.inference import choose_roi, predict_regions, region_order
 from segnode.pipeline.model.manifest import PostprocessingSpec
@@ -64,21 +65,31 @@ class SegmentationResult:
     worker_pid: int = 0
 
 
-_models: dict[tuple[str, str], LoadedModel] = {}
+EXPORTS_FOLDER = "model-exports"
+"""Under the data folder: networks exported for another backend (OpenVINO IR), by checksum."""
+
+_models: dict[tuple[str, str, str, str], tuple[LoadedModel, BackendChoice]] = {}
 
 
-def _model(data_dir: Path, model_id: str, device: torch.device) -> LoadedModel:
-    key = (model_id, str(device))
+def runnable_model(
+    data_dir: Path, model_id: str, device: torch.device, backend: str
+) -> tuple[LoadedModel, BackendChoice]:
+    """A registry model on its backend (``segnode.pipeline.model.backend``), loaded once per
+    process: the node's workers and ``segnode predict`` run a model the same way."""
+    key = (str(data_dir), model_id, str(device), backend)
     if key not in _models:
-        _models[key] = node_registry(data_dir).load(model_id, device)
+        loaded = node_registry(data_dir).load(model_id, device)
+        _models[key] = on_backend(loaded, backend, device, data_dir / EXPORTS_FOLDER)
     return _models[key]
 
 
-def preload_models(data_dir: Path, model_ids: Sequence[str], device: torch.device) -> tuple[str, ...]:
+def preload_models(
+    data_dir: Path, model_ids: Sequence[str], device: torch.device, backend: str
+) -> tuple[str, ...]:
     """Load (and keep, in this process) the models a job will run: a warm worker's first
-    ``segment`` finds them loaded. Returns the ids loaded."""
+    ``segment`` finds them loaded (and exported). Returns the ids loaded."""
     for model_id in model_ids:
-        _model(data_dir, model_id, device)
+        runnable_model(data_dir, model_id, device, backend)
     return tuple(model_ids)
 
 
@@ -170,7 +181,11 @@ def region_thresholds(spec: PostprocessingSpec) -> dict[Region, float]:
 def segment(request: SegmentationRequest) -> SegmentationResult:
     """Each model gets the channels in its own manifest's order; outputs are averaged."""
     device = select_device(request.model.device)
-    loaded = [_model(request.data_dir, model_id, device) for model_id in request.model_ids]
+    runnable = [
+        runnable_model(request.data_dir, model_id, device, request.model.backend)
+        for model_id in request.model_ids
+    ]
+    loaded = [model for model, _ in runnable]
     chosen = chosen_postprocessing(loaded[0], request.model)
     agreements: list[AgreementSummary] = []
     mean, _ = region_probabilities(
@@ -186,7 +201,8 @@ def segment(request: SegmentationRequest) -> SegmentationResult:
     return SegmentationResult(
         labels=labels,
         models=tuple(
-            {"id": m.manifest.id, "version": m.manifest.version, "sha256": m.sha256} for m in loaded
+            {"id": m.manifest.id, "version": m.manifest.version, "sha256": m.sha256, **c.as_record()}
+            for m, c in runnable
         ),
         record={
             "postprocessing": record.as_dict(),

@@ -1,7 +1,7 @@
 """Warm-up (not a step of the job): load in a worker process what the steps will load.
 
 torch, MONAI and every step module imported; deepbet's models and the configured
-segmentation models loaded and kept (``load_brain_extractor``'s cache and
+segmentation models loaded (and exported for their backend) and kept (``load_brain_extractor``'s cache and
 ``segmentation.preload_models``), so a warm worker's first job finds them ready.
 """
 
@@ -24,7 +24,12 @@ def run(settings: StepSettings) -> dict[str, object]:
         importlib.import_module(f"segnode.pipeline.steps.{name}")
     load_brain_extractor("cpu")
     device = select_device(settings.model.device)
-    models = preload_models(settings.data_dir, (settings.model.default, *settings.model.ensemble), device)
+    models = preload_models(
+        settings.data_dir,
+        (settings.model.default, *settings.model.ensemble),
+        device,
+        settings.model.backend,
+    )
     return {
         "pid": os.getpid(),
         "models": list(models),

@@ -10,6 +10,7 @@ of its first input sequence), so it overlays the inputs in any viewer.
 from __future__ import annotations
 
 import re
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 from segnode.config.settings import ModelSettings
 from segnode.files import atomic_write
 from segnode.pipeline.errors import PipelineError
+from segnode.pipeline.model.backend import on_backend
 from segnode.pipeline.model.device import select_device
 from segnode.pipeline.model.postprocess import PostprocessRecord
 from segnode.pipeline.model.registry import load_model
@@ -70,6 +72,8 @@ class PredictionSummary:
     """None: the whole volume in one pass."""
     tta: bool
     device: str
+    backend: str
+    """The engine that ran the network and its version ("openvino 2026.4.1")."""
     inference_s: float
     postprocessing: PostprocessRecord
 
@@ -105,7 +109,12 @@ def predict_case(
     if not _NIFTI.search(out.name):
         raise PipelineError(f"output {out} must end in .nii or .nii.gz")
     device = select_device(settings.device)
-    model = load_model(model_folder, device)
+    model, backend = on_backend(
+        load_model(model_folder, device),
+        settings.backend,
+        device,
+        Path(tempfile.gettempdir()) / "segnode-model-exports",
+    )
     roles = model.manifest.input_channels
     # The same reader as training (every BraTS naming), without the label map if one lies there.
     case = replace(find_case(case_dir), label=None)
@@ -132,6 +141,7 @@ def predict_case(
         roi_size=roi,
         tta=settings.tta,
         device=device.type,
+        backend=f"{backend.name.value} {backend.version}",
         inference_s=inference_s,
         postprocessing=record,
     )

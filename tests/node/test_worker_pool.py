@@ -194,5 +194,5 @@ def test_the_steps_warm_up_loads_deepbet_and_the_configured_model(tmp_path: Path
     )
     record = warm_up(settings)
     assert record["models"] == ["tiny-random-test"] and record["device"] == "cpu"
-    assert ("tiny-random-test", "cpu") in segmentation._models
+    assert (str(settings.data_dir), "tiny-random-test", "cpu", "auto") in segmentation._models
     assert load_brain_extractor.cache_info().currsize >= 1
