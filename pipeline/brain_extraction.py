@@ -289,7 +289,7 @@ def extract_brain(
     )
 
 
-def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
     return (
         a.GetSize() == b.GetSize()
         and np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0.0, atol=1e-4)
@@ -304,7 +304,7 @@ def apply_mask(image: sitk.Image, mask: sitk.Image) -> sitk.Image:
     Raises:
         BrainExtractionError: the mask is not on the image's grid (resample it first).
     """
-    if not _same_grid(image, mask):
+    if not same_grid(image, mask):
         raise BrainExtractionError(
             f"mask grid (size {mask.GetSize()}, spacing {mask.GetSpacing()}) does not match the "
             f"image grid (size {image.GetSize()}, spacing {image.GetSpacing()}); resample the mask "

@@ -65,6 +65,8 @@ from segnode.vocabulary import LabelConvention, OutputKind, Region, Role
 INPUTS = "inputs.json"
 SELECTION = "selection.json"
 VOLUMES = "volumes"
+BRAIN_MASK = "volumes/brain_mask.mha"
+BRAIN_MASK_RECORD = "volumes/brain_mask.json"
 PREPROCESSED_CHANNELS = "preprocessed/channels.npz"
 PREPROCESSED_GRID = "preprocessed/grid.mha"
 PREPROCESSED_TRANSFORM = "preprocessed/to_reference.tfm"
@@ -212,6 +214,26 @@ class VolumeRecord(JobFileRecord):
     notes: tuple[str, ...]
 
 
+# -- volumes/brain_mask.json ---------------------------------------------------------------
+class BrainMaskRecord(JobFileRecord):
+    """The brain mask the convert step computed while it converted the other series.
+
+    The preprocess step uses it instead of extracting again; a job folder without one (the
+    extraction failed there, or the folder predates the overlap) gets its mask in preprocess.
+    """
+
+    on: Role
+    """The series the mask was computed on (``[preprocessing] brain_extraction_role``)."""
+    series_instance_uid: str
+    """That series' UID, so a mask is never applied to another series' volume."""
+    tool: str
+    threshold: float
+    dilate_voxels: int
+    device: str
+    volume_ml: float
+    seconds: float
+
+
 # -- inference/record.json ---------------------------------------------------------------
 class ModelIdentity(JobFileRecord):
     """One model whose weights made the labels: registry id, version, the weights' SHA-256, the engine."""
@@ -333,6 +355,14 @@ class Workspace:
         return self.root / VOLUMES / f"{role.value}.json"
 
     @property
+    def brain_mask_path(self) -> Path:
+        return self.root / BRAIN_MASK
+
+    @property
+    def brain_mask_record_path(self) -> Path:
+        return self.root / BRAIN_MASK_RECORD
+
+    @property
     def channels_path(self) -> Path:
         return self.root / PREPROCESSED_CHANNELS
 
@@ -429,6 +459,15 @@ class Workspace:
 
     def read_volume_record(self, role: Role) -> VolumeRecord:
         return self._read(self.volume_record_path(role), VolumeRecord)
+
+    def write_brain_mask_record(self, record: BrainMaskRecord) -> Path:
+        return self._write_text(self.brain_mask_record_path, record.to_json())
+
+    def read_brain_mask_record(self) -> BrainMaskRecord | None:
+        """The convert step's mask record, or None when it left none."""
+        if not self.brain_mask_record_path.is_file():
+            return None
+        return self._read(self.brain_mask_record_path, BrainMaskRecord)
 
     def write_preprocessing_record(self, record: Mapping[str, object]) -> Path:
         return self._write_text(

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from segnode.pipeline.brain_extraction import BrainMask
 from segnode.pipeline.conversion import ConvertedVolume, SliceRef
 from segnode.pipeline.preprocessing import PreprocessedStudy
-from segnode.pipeline.workspace import SliceRecord, VolumeRecord, Workspace
+from segnode.pipeline.workspace import BrainMaskRecord, SliceRecord, VolumeRecord, Workspace
 from segnode.vocabulary import CHANNEL_ORDER, Role
 
 
@@ -54,6 +55,39 @@ def read_volume(workspace: Workspace, role: Role) -> ConvertedVolume:
         series_instance_uid=record.series_instance_uid,
         slices=tuple(SliceRef(s.sop_instance_uid, s.frame, s.position_mm) for s in record.slices),
         notes=record.notes,
+    )
+
+
+def write_brain_mask(workspace: Workspace, role: Role, series_uid: str, brain: BrainMask) -> None:
+    """The mask first, its record last: a record always names a complete mask."""
+    write_image(workspace, workspace.brain_mask_path, brain.mask)
+    workspace.write_brain_mask_record(
+        BrainMaskRecord(
+            on=role,
+            series_instance_uid=series_uid,
+            tool=brain.tool,
+            threshold=brain.threshold,
+            dilate_voxels=brain.dilate_voxels,
+            device=brain.device,
+            volume_ml=brain.volume_ml,
+            seconds=brain.seconds,
+        )
+    )
+
+
+def read_brain_mask(workspace: Workspace, role: Role, series_uid: str) -> BrainMask | None:
+    """The convert step's mask of series ``series_uid`` (in ``role``), or None if it left none."""
+    record = workspace.read_brain_mask_record()
+    if record is None or record.on is not role or record.series_instance_uid != series_uid:
+        return None
+    return BrainMask(
+        mask=read_image(workspace, workspace.brain_mask_path),
+        volume_ml=record.volume_ml,
+        seconds=record.seconds,
+        tool=record.tool,
+        threshold=record.threshold,
+        dilate_voxels=record.dilate_voxels,
+        device=record.device,
     )
 
 

@@ -162,6 +162,8 @@ SLOW = frozenset({
     "[philips_ingenia_elitionx_3T_sag3D_MPRAGE_classic]",  # 6 s
     "pipeline/test_conversion.py::test_compressed_series_decode_to_the_same_voxels",  # 8 s
     "pipeline/model/test_export.py",  # exports and reloads a SegResNet (7 s)
+    "pipeline/model/test_backend.py",  # OpenVINO exports (5-10 s each) and the default model on real cases
+    "pipeline/test_steps.py::test_convert_extracts_the_brain_meanwhile_and_preprocess_uses_that_mask",  # ~25 s
     "pipeline/model/test_losses.py::test_split_terms_reproduce_monais_combined_vae_loss",  # VAE forwards
     "pipeline/model/test_losses.py::test_vae_branch_takes_channels_last_tensors_where_monai_fails",
     "pipeline/model/test_losses.py::test_eval_mode_has_no_vae_terms",

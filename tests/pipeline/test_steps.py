@@ -89,3 +89,50 @@ def test_select_writes_the_typed_selection_the_next_steps_read(
     assert record["roles"] == {role.value: tcga_study[role.value].series_instance_uid for role in Role}
     assert record["candidates"] == selection.record  # the event log gets what the file keeps
     assert isinstance(record["step_s"], float)
+
+
+def test_convert_extracts_the_brain_meanwhile_and_preprocess_uses_that_mask(
+    tmp_path: Path, step_settings: StepSettings, tcga_study: dict[str, BuiltSeries]
+) -> None:
+    """Issue 13 item 5 on the real TCGA-FG-6692 series: deepbet runs while the other three
+    series convert, and the preprocess step takes its mask, only for the series it was made on."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from segnode.pipeline.brain_extraction import extract_brain
+    from segnode.pipeline.workspace_images import read_image, read_volume
+
+    workspace = Workspace(tmp_path / "job")
+    workspace.write_inputs(
+        Inputs.of(
+            next(iter(tcga_study.values())).study_instance_uid,
+            {series.series_instance_uid: series.files for series in tcga_study.values()},
+        )
+    )
+    run_step("select", workspace.root, step_settings)
+    converted = run_step("convert", workspace.root, step_settings)
+
+    mask_record = workspace.read_brain_mask_record()
+    assert mask_record is not None and mask_record.on is Role.T1C
+    assert mask_record.series_instance_uid == tcga_study["t1c"].series_instance_uid
+    extraction = converted["brain_extraction"]
+    assert isinstance(extraction, dict) and extraction["on"] == "t1c"
+    assert 1300 < extraction["volume_ml"] < 1800  # 1554 ml measured on this T1c
+    mask = sitk.GetArrayFromImage(read_image(workspace, workspace.brain_mask_path)) > 0
+    t1c = read_volume(workspace, Role.T1C).image
+    assert mask.shape == sitk.GetArrayFromImage(t1c).shape
+    again = sitk.GetArrayFromImage(extract_brain(sitk.Cast(t1c, sitk.sitkFloat32)).mask) > 0
+    assert 2 * np.count_nonzero(mask & again) / (mask.sum() + again.sum()) > 0.999
+
+    preprocessed = run_step("preprocess", workspace.root, step_settings)
+    used = preprocessed["brain_extraction"]
+    assert isinstance(used, dict) and used["ran_during"] == "convert"
+    assert used["volume_ml"] == extraction["volume_ml"]
+
+    # A mask recorded for another series is never applied: preprocess extracts its own.
+    record_path = workspace.brain_mask_record_path
+    tampered = json.loads(record_path.read_text())
+    tampered["series_instance_uid"] = tcga_study["t1"].series_instance_uid
+    record_path.write_text(json.dumps(tampered))
+    redone = run_step("preprocess", workspace.root, step_settings)["brain_extraction"]
+    assert isinstance(redone, dict) and "ran_during" not in redone

@@ -33,9 +33,10 @@ from segnode.pipeline.training.brats_data import find_case, load_case
 from segnode.pipeline.training.prediction import brain_box
 from segnode.pipeline.workspace import ModelIdentity
 from segnode.vocabulary import LabelConvention
+from tests.helpers import SHARED_DATA, require_data
 from tests.pipeline.model.tiny_model import write_model_folder
 
-BRATS = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "brats"
+BRATS = SHARED_DATA / "brats"
 CPU = torch.device("cpu")
 
 
@@ -141,9 +142,7 @@ def test_openvino_labels_equal_pytorch_labels_on_real_cases(case_id: str, tmp_pa
     """The adoption bar of issue 13: Dice >= 0.999 per region between the engines, on the
     shipped default model, real BraTS cases and the node's path (TTA off to keep it short;
     bench/backends.py measures it with TTA)."""
-    case = BRATS / case_id
-    if not case.is_dir():
-        pytest.skip(f"LOUD SKIP: the real BraTS case {case} is not there (../shared/data)")
+    case = require_data(BRATS / case_id)
     registry = node_registry(tmp_path / "data")
     reference = registry.load("segnode-brats22-v1", CPU)
     openvino_model, choice = on_backend(
