@@ -147,7 +147,14 @@ def run_defaults(tmp: Path, study_files: list[Path], extra_toml: str = "") -> di
     data_dir = tmp / "data"
     node = NodeProcess(config, data_dir, node_port, tmp / "node.log").start()
     try:
-        time.sleep(5)  # an idle node, as a site's would be (its workers warm, if configured so)
+        # An idle node, as a site's would be: its worker warm (torch, deepbet, the model and
+        # its OpenVINO export loaded) when warm workers are on, as by default.
+        log = tmp / "node.log"
+        if "warm_workers = false" in extra_toml:
+            time.sleep(5)
+        else:
+            wait_for(lambda: log.is_file() and "worker warm" in log.read_text(errors="replace"), 300,
+                     "the node's warm worker", interval_s=0.2)
         subprocess.run(
             [require_tool("dcmsend"), "-aec", "SEGNODE", "-aet", "BENCH", "127.0.0.1", str(node_port),
              *map(str, study_files)],
