@@ -11,6 +11,7 @@ and fails there, under its own name, with deepbet's message.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -45,7 +46,12 @@ def run(workspace: Workspace, settings: StepSettings) -> dict[str, object]:
             record[role.value] = volume.as_record()
             if role is first:
                 series_uid = volume.series_instance_uid
-                extraction = pool.submit(extract_brain, sitk.Cast(volume.image, sitk.sitkFloat32))
+                # In this step's logging context (job, step), which threads do not inherit.
+                extraction = pool.submit(
+                    contextvars.copy_context().run,
+                    extract_brain,
+                    sitk.Cast(volume.image, sitk.sitkFloat32),
+                )
         converted_s = time.perf_counter() - started
         assert extraction is not None  # first is one of the four roles
         try:

@@ -114,14 +114,14 @@ def test_planted_phi_is_not_logged(tmp_path: Path, storescp: Callable[..., Store
     # The T1c's SEG, the SEGs on the moved FLAIR and T2, and the SR reached the destination.
     assert len(pacs.received()) == 4
     # The steps' lines (from the worker processes) and the sending step's are in this log,
-    # each with its job and step.
+    # each with its job and step (the brain extraction's from the convert step's thread).
     done_job = next(job_id for job_id, state, _ in jobs if state == "done")
     steps_seen = {
         line["step"]
         for line in lines
         if line.get("job_id") == done_job and line["logger"].startswith("segnode.pipeline.")
     }
-    assert {"preprocessing", "inferring", "writing"} <= steps_seen, steps_seen
+    assert {"converting", "inferring", "writing"} <= steps_seen, steps_seen
     assert any(
         line["message"] == "delivered" and line.get("step") == "sending" and line.get("job_id") == done_job
         for line in lines

@@ -124,7 +124,7 @@ def test_predict_reads_model_settings_from_the_config_and_takes_a_device(tmp_pat
 
     result = CliRunner().invoke(_app(), [*arguments, "--out", str(tmp_path / "a.nii.gz")])
     assert result.exit_code == 0, result.output
-    assert "TTA off" in result.output and ", cpu, " in result.output
+    assert "TTA off" in result.output and ", cpu (openvino " in result.output
     assert "smaller than 7 voxels" in result.output
 
     again = CliRunner().invoke(
