@@ -162,8 +162,14 @@ def test_inference_record_reads_the_legacy_file_and_names_the_models(tmp_path: P
     assert inference.grid_label_voxels == {0: 900, 1: 40, 2: 50, 4: 10}
     assert inference.ensemble_id == "segnode-brats22-v1" and inference.primary_model.sha256 == SHA
     assert inference.tta_agreement is None  # a file from before the agreement was measured
+    assert inference.primary_model.backend == "pytorch"  # every model before the choice
     workspace.write_inference(inference)
-    assert json.loads(workspace.inference_record_path.read_text()) == {**LEGACY_INFERENCE, "tta_agreement": None}
+    engine = {"backend": "pytorch", "backend_version": None, "export_sha256": None, "backend_reason": None}
+    assert json.loads(workspace.inference_record_path.read_text()) == {
+        **LEGACY_INFERENCE,
+        "models": [{**model, **engine} for model in LEGACY_INFERENCE["models"]],
+        "tta_agreement": None,
+    }
 
     ensemble = inference.model_copy(
         update={"models": (*inference.models, inference.models[0].model_copy(update={"id": "other"}))}
