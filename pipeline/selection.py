@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from segnode.config.settings import SelectionSettings
-from segnode.pipeline.errors import SelectionError
+from segnode.pipeline.errors import SequencesMissingError
 from segnode.pipeline.sequence_facts import MR_STORAGE_CLASSES, SequenceFacts
 from segnode.vocabulary import Role
 
@@ -288,22 +288,30 @@ def stand_ins(assignment: RoleAssignment, substitutes: Mapping[Role, Role]) -> d
 
 
 def require_roles(assignment: RoleAssignment, required: Iterable[Role] = Role) -> None:
-    """Fail with a message naming what is missing and what was found."""
+    """Raise :class:`SequencesMissingError` naming what is missing and what was found."""
     missing = [role for role in required if role not in assignment.chosen]
     if not missing:
         return
-    found = "; ".join(
-        f"{c.facts.description or c.facts.series_instance_uid}: "
-        + (
-            c.role.value
-            if c.role and not c.rejected
-            else f"rejected ({c.rejected})"
-            if c.rejected
-            else "unidentified"
-        )
+    series = tuple(
+        {
+            "series_instance_uid": c.facts.series_instance_uid,
+            "description": c.facts.description or "",
+            "taken_as": (
+                c.role.value
+                if c.role and not c.rejected
+                else f"rejected ({c.rejected})"
+                if c.rejected
+                else "unidentified"
+            ),
+        }
         for c in assignment.candidates
     )
-    raise SelectionError(
+    found = "; ".join(
+        f"{s['description'] or s['series_instance_uid']}: {s['taken_as']}" for s in series
+    )
+    raise SequencesMissingError(
         f"missing {', '.join(role.value.upper() for role in missing)}; "
-        f"the study has {len(assignment.candidates)} series: {found or 'none'}"
+        f"the study has {len(assignment.candidates)} series: {found or 'none'}",
+        missing=tuple(role.value for role in missing),
+        series=series,
     )

@@ -5,6 +5,7 @@ One table, read by the job runner (``segnode.node.jobs.runner``), the transition
 
     received → selecting → converting → preprocessing → inferring → writing → sending → done
         any active state ── permanent error ──► failed      (retry: back to an active state)
+        selecting ── a needed sequence missing ─► not_applicable  (retry: back to an active state)
         any active state ── transient error ──► same state, after a backoff (jobs.max_attempts)
         any active state ── cancel ───────────► cancelled   (retry: back to an active state)
 
@@ -36,6 +37,9 @@ class JobState(StrEnum):
     SENDING = "sending"
     DONE = "done"
     FAILED = "failed"
+    NOT_APPLICABLE = "not_applicable"
+    """The study lacks a sequence the model needs (an fMRI study routed by ``brain-mr``):
+    nothing went wrong, so it is neither done nor failed, and counted apart."""
     CANCELLED = "cancelled"
 
 
@@ -65,19 +69,34 @@ ROW: dict[JobState, StateRow] = {row.state: row for row in MACHINE}
 #: States a job is still being worked on in, in path order; a retry resumes in one of them.
 ACTIVE: tuple[JobState, ...] = tuple(row.state for row in MACHINE)
 #: States a job never leaves by itself.
-TERMINAL: frozenset[JobState] = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
+TERMINAL: frozenset[JobState] = frozenset(
+    {JobState.DONE, JobState.FAILED, JobState.NOT_APPLICABLE, JobState.CANCELLED}
+)
+#: Where a step may end a job instead of moving it on: a permanent error, or a study the
+#: model does not apply to.
+STOPPED_BY_STEP: frozenset[JobState] = frozenset({JobState.FAILED, JobState.NOT_APPLICABLE})
 #: Where a finished step takes the job (the only automatic move besides ``failed``).
 NEXT_STATE: dict[JobState, JobState] = {row.state: row.next for row in MACHINE}
 #: The pipeline step each worker state runs (``segnode.pipeline.steps.<step>``).
-STEP_FOR_STATE: dict[JobState, str] = {row.state: row.step for row in MACHINE if row.runs_in == "worker"}
+STEP_FOR_STATE: dict[JobState, str] = {
+    row.state: row.step for row in MACHINE if row.runs_in == "worker"
+}
 
 #: Manual transitions (``segnode jobs cancel`` / ``retry``): a cancel from any active state
 #: (a step in flight is discarded when it returns); a retry from these, to any active state
 #: (the stopped one by default), keeping the earlier steps' outputs and finished deliveries.
+#: A not-applicable job can be retried too: after a stand-in is configured, say.
 CANCELLABLE: frozenset[JobState] = frozenset(ACTIVE)
-RETRYABLE: frozenset[JobState] = frozenset({JobState.FAILED, JobState.CANCELLED})
+RETRYABLE: frozenset[JobState] = frozenset(
+    {JobState.FAILED, JobState.NOT_APPLICABLE, JobState.CANCELLED}
+)
 
 #: Errors after which a step runs again (after a backoff) instead of failing the job:
 #: the operating system's (disk, network), a timeout, memory, and segnode's TransientError
 #: (a dead worker process, a step past its timeout). Everything else is permanent.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError, MemoryError, TransientError)
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    MemoryError,
+    TransientError,
+)

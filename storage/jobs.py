@@ -27,6 +27,7 @@ from segnode.storage.job_states import (
     CANCELLABLE,
     NEXT_STATE,
     RETRYABLE,
+    STOPPED_BY_STEP,
     TERMINAL,
     JobState,
 )
@@ -136,7 +137,9 @@ class JobProgress:
 
     def due(self, now: datetime) -> bool:
         """An active state whose step may run at ``now`` (not waiting out a backoff)."""
-        return self.state in ACTIVE and (self.next_attempt_at is None or self.next_attempt_at <= now)
+        return self.state in ACTIVE and (
+            self.next_attempt_at is None or self.next_attempt_at <= now
+        )
 
 
 def job_progress(session: Session, job_id: int) -> JobProgress | None:
@@ -201,10 +204,11 @@ def advance_job(
     Raises:
         JobStateError: ``expected`` to ``to`` is not a move of the machine (a bug in the caller).
     """
-    if to is not NEXT_STATE.get(expected) and not (to is JobState.FAILED and expected in ACTIVE):
+    if to is not NEXT_STATE.get(expected) and not (to in STOPPED_BY_STEP and expected in ACTIVE):
         raise JobStateError(
             f"job {job_id}: no transition from {expected.value} to {to.value} "
-            "(a step moves a job to its next state, a permanent error to failed)"
+            "(a step moves a job to its next state, a permanent error to failed, "
+            "a study without the needed sequences to not_applicable)"
         )
     now = utc_now()
     values: dict[str, Any] = {
@@ -239,6 +243,32 @@ def fail_job(
         duration_s,
         failed_step=expected.value,
         error=error,
+    )
+
+
+def conclude_not_applicable(
+    session: Session,
+    job_id: int,
+    expected: JobState,
+    reason: str,
+    detail: Mapping[str, Any],
+    duration_s: float | None,
+) -> bool:
+    """The study lacks what the model needs: the job ends in ``not_applicable``.
+
+    ``reason`` goes where a failure's cause goes (``jobs.error``, so lists show it in one
+    place), ``detail`` (the missing roles, the series the study had) into the event.
+    ``failed_step`` is set like a failure's, so a retry resumes there.
+    """
+    return advance_job(
+        session,
+        job_id,
+        expected,
+        JobState.NOT_APPLICABLE,
+        {"step": expected.value, "reason": reason, **detail},
+        duration_s,
+        failed_step=expected.value,
+        error=reason,
     )
 
 
@@ -292,7 +322,9 @@ def postpone_sending(session: Session, job_id: int, until: datetime) -> bool:
 def record_models(session: Session, job_id: int, model_ids: Sequence[str], sha256: str) -> None:
     """Which model(s) segmented the job: the ids joined by ``+`` and the first one's weights hash."""
     session.execute(
-        update(Job).where(Job.id == job_id).values(model_id="+".join(model_ids), model_sha256=sha256)
+        update(Job)
+        .where(Job.id == job_id)
+        .values(model_id="+".join(model_ids), model_sha256=sha256)
     )
 
 
@@ -348,7 +380,7 @@ def retry_job(session: Session, job_id: int, from_step: JobState | None = None) 
     job = _get_job(session, job_id)
     if job.state not in RETRYABLE:
         raise JobStateError(
-            f"job {job_id} is {job.state}: only a failed or cancelled job can be retried"
+            f"job {job_id} is {job.state}: only a failed, not applicable or cancelled job can be retried"
         )
     resume = from_step or JobState(job.failed_step or JobState.RECEIVED)
     if resume not in ACTIVE:

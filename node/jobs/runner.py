@@ -40,13 +40,14 @@ from segnode.node.delivery import wanted_output_kinds
 from segnode.node.delivery.sending_step import send_results
 from segnode.node.jobs.worker_pool import WorkerPool
 from segnode.node.logs import log_context
-from segnode.pipeline.errors import PipelineError
+from segnode.pipeline.errors import PipelineError, SequencesMissingError
 from segnode.pipeline.steps import StepSettings, run_step, warm_up
 from segnode.pipeline.workspace import Inputs, Workspace
 from segnode.storage.filestore import FileStore
 from segnode.storage.job_states import NEXT_STATE, STEP_FOR_STATE, TRANSIENT_ERRORS, JobState
 from segnode.storage.jobs import (
     advance_job,
+    conclude_not_applicable,
     fail_job,
     job_input_files,
     job_progress,
@@ -157,6 +158,9 @@ class JobRunner:
             started = time.perf_counter()
             try:
                 outcome = self._run_state(job_id, state, workspace)
+            except SequencesMissingError as exc:
+                self._not_applicable(job_id, state, exc, time.perf_counter() - started)
+                return
             except PipelineError as exc:
                 self._fail(job_id, state, f"{state.value}: {exc}", time.perf_counter() - started)
                 return
@@ -175,14 +179,17 @@ class JobRunner:
                 )
                 return
             with self._sessions.begin() as session:
-                if state is JobState.RECEIVED and set(outcome.record["series_ids"]) != job_series_ids(
-                    session, job_id
-                ):
+                if state is JobState.RECEIVED and set(
+                    outcome.record["series_ids"]
+                ) != job_series_ids(session, job_id):
                     continue  # a late series was attached while the inputs were gathered: again
                 if state is JobState.INFERRING:
                     inference = workspace.read_inference()
                     record_models(
-                        session, job_id, [m.id for m in inference.models], inference.primary_model.sha256
+                        session,
+                        job_id,
+                        [m.id for m in inference.models],
+                        inference.primary_model.sha256,
                     )
                 if state is JobState.WRITING and workspace.quality_path.is_file():
                     quality = workspace.read_quality()
@@ -205,7 +212,11 @@ class JobRunner:
                 return
             log.info(
                 "step finished",
-                extra={"job_id": job_id, "step": state.value, "duration_s": round(outcome.duration_s, 3)},
+                extra={
+                    "job_id": job_id,
+                    "step": state.value,
+                    "duration_s": round(outcome.duration_s, 3),
+                },
             )
 
     def _run_state(self, job_id: int, state: JobState, workspace: Workspace) -> _StepOutcome:
@@ -256,7 +267,9 @@ class JobRunner:
                 postpone_sending(session, job_id, outcome.pending_until)
                 return False
             if outcome.failures:
-                causes = "; ".join(f"{name}: {error}" for name, error in sorted(outcome.failures.items()))
+                causes = "; ".join(
+                    f"{name}: {error}" for name, error in sorted(outcome.failures.items())
+                )
                 fail_job(session, job_id, JobState.SENDING, f"sending: {causes}", duration)
                 return False
             done = advance_job(
@@ -282,7 +295,26 @@ class JobRunner:
         with self._sessions.begin() as session:
             fail_job(session, job_id, state, error, duration_s)
 
-    def _transient(self, job_id: int, state: JobState, exc: BaseException, duration_s: float) -> None:
+    def _not_applicable(
+        self, job_id: int, state: JobState, exc: SequencesMissingError, duration_s: float
+    ) -> None:
+        log.info(
+            "job not applicable",
+            extra={"job_id": job_id, "step": state.value, "missing": exc.missing},
+        )
+        with self._sessions.begin() as session:
+            conclude_not_applicable(
+                session,
+                job_id,
+                state,
+                f"not applicable: {exc}",
+                {"missing": list(exc.missing), "series": list(exc.series)},
+                duration_s,
+            )
+
+    def _transient(
+        self, job_id: int, state: JobState, exc: BaseException, duration_s: float
+    ) -> None:
         error = f"{state.value}: {type(exc).__name__}: {exc}"
         jobs = self._settings.jobs
         with self._sessions.begin() as session:
@@ -296,4 +328,6 @@ class JobRunner:
             delay = backoff_delay_s(attempts, jobs.initial_backoff_s, jobs.max_backoff_s)
             retry_at: datetime = utc_now() + timedelta(seconds=delay)
             postpone_step(session, job_id, state, error, retry_at, duration_s)
-        log.warning("step postponed", extra={"job_id": job_id, "step": state.value, "delay_s": delay})
+        log.warning(
+            "step postponed", extra={"job_id": job_id, "step": state.value, "delay_s": delay}
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 
 import pytest
 from typer.testing import CliRunner
@@ -11,7 +12,7 @@ from typer.testing import CliRunner
 from segnode.config.settings import SelectionSettings
 from segnode.node.cli import app
 from segnode.node.cli.study_folder import read_study_folder
-from segnode.pipeline.errors import SelectionError
+from segnode.pipeline.errors import SelectionError, SequencesMissingError
 from segnode.pipeline.selection import identify_sequences, require_roles
 from segnode.pipeline.sequence_facts import SequenceFacts, facts_from_attributes
 from segnode.vocabulary import Role
@@ -158,6 +159,19 @@ def test_missing_sequence_error_names_what_is_missing_and_found() -> None:
     message = str(caught.value)
     assert message.startswith("missing T1C, FLAIR")
     assert "localizer: rejected" in message and "MRHR_T2_AX_SE: t2" in message
+
+
+def test_missing_sequences_survive_the_trip_from_a_worker_process() -> None:
+    """The job runner tells "not applicable" from a failure by the class and reads its fields,
+    after the error was pickled back from the worker process."""
+    assignment = identify_sequences(BRAIN_STUDY[:3], SETTINGS)
+    with pytest.raises(SequencesMissingError) as caught:
+        require_roles(assignment)
+    back = pickle.loads(pickle.dumps(caught.value))
+    assert isinstance(back, SequencesMissingError) and str(back) == str(caught.value)
+    assert back.missing == ("t1c", "flair")
+    assert [s["taken_as"] for s in back.series if s["taken_as"] == "t2"] == ["t2"]
+    assert len(back.series) == len(assignment.candidates)
 
 
 def test_site_override_of_contrast_words() -> None:
