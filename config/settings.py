@@ -34,6 +34,7 @@ from segnode.config.destinations import DEFAULT_PROTOCOL, DeliverySettings, dest
 from segnode.config.errors import ConfigError
 from segnode.config.fields import AeTitle, Port, PositiveSeconds, Section
 from segnode.config.quality import QualitySettings
+from segnode.config.web import WebSettings
 from segnode.vocabulary import Role
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("node.toml")
@@ -504,6 +505,7 @@ class Settings(BaseSettings):
     quality: QualitySettings = QualitySettings()
     delivery: DeliverySettings = DeliverySettings()
     jobs: JobSettings = JobSettings()
+    web: WebSettings = WebSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @model_validator(mode="before")

@@ -123,6 +123,8 @@ class Study(Base):
     times_fired: Mapped[int] = mapped_column(Integer, default=0)
     routing_rule: Mapped[str | None] = mapped_column(String(128))
     deadline_passed_at: Mapped[datetime | None]
+    force_complete_by: Mapped[str | None] = mapped_column(String(160))
+    """Who asked (dashboard, API, CLI) for this receiving study to be treated as complete now."""
     patient_key: Mapped[str | None] = mapped_column(String(64))
     """Hash of the patient's identity (PatientID, issuer, name); compared, never shown."""
 
@@ -279,6 +281,70 @@ class NodeEvent(Base):
     kind: Mapped[str] = mapped_column(String(32), index=True)
     study_id: Mapped[int | None] = mapped_column(ForeignKey("studies.id"), index=True)
     association_id: Mapped[str | None] = mapped_column(String(36))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class UserRole(StrEnum):
+    """What a dashboard or API user may do; each role can do what the ones before it can."""
+
+    VIEWER = "viewer"
+    """Read every page and API listing."""
+    OPERATOR = "operator"
+    """Also act on jobs, studies and the quarantine (retry, cancel, force-complete, release)."""
+    ADMIN = "admin"
+    """Also change rules, destinations and users."""
+
+
+class User(Base):
+    """A person (or an OpenID Connect identity) who may sign in to the dashboard or the API.
+
+    ``password_hash`` is an argon2id hash (``argon2-cffi``), or NULL for a user who signs in
+    only through the site's identity provider (``oidc_subject``).
+    """
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(128), unique=True)
+    role: Mapped[str] = mapped_column(String(16), default=UserRole.VIEWER)
+    password_hash: Mapped[str | None] = mapped_column(String(256))
+    oidc_subject: Mapped[str | None] = mapped_column(String(255), unique=True)
+    disabled: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime]
+    last_login_at: Mapped[datetime | None]
+
+
+class ApiToken(Base):
+    """A bearer token for automation; only its SHA-256 is stored (shown once, at creation)."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class AuditEvent(Base):
+    """Who did what, when: every state-changing action and every sign-in (append-only).
+
+    ``actor`` is a username (``cli:<login>`` for the command line); ``ok`` is false for a
+    refused action or a failed sign-in (the login rate limit counts those); ``client`` is
+    the peer address of a web request.
+    """
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(index=True)
+    actor: Mapped[str] = mapped_column(String(160), index=True)
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target: Mapped[str | None] = mapped_column(String(160))
+    ok: Mapped[bool] = mapped_column(default=True)
+    client: Mapped[str | None] = mapped_column(String(64))
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 

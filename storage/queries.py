@@ -8,6 +8,7 @@ ISO 8601. Every function only reads: the commands call them in a read-only sessi
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import Field, asdict, dataclass
 from datetime import datetime
 from typing import Any, ClassVar
@@ -90,8 +91,22 @@ class JobRow(_Row):
     """True when the result's quality checks raised a flag; None before the write step."""
 
 
-def list_jobs(session: Session) -> list[JobRow]:
-    """Every job, oldest first."""
+def list_jobs(
+    session: Session,
+    *,
+    states: Collection[JobState] = (),
+    study_id: int | None = None,
+    newest_first: bool = False,
+    limit: int | None = None,
+) -> list[JobRow]:
+    """Jobs, oldest first (or newest first), optionally only in ``states`` or of one study."""
+    query = select(Job).order_by(Job.id.desc() if newest_first else Job.id)
+    if states:
+        query = query.where(Job.state.in_(list(states)))
+    if study_id is not None:
+        query = query.where(Job.study_id == study_id)
+    if limit is not None:
+        query = query.limit(limit)
     return [
         JobRow(
             id=job.id,
@@ -104,7 +119,7 @@ def list_jobs(session: Session) -> list[JobRow]:
             error=job.error,
             review_recommended=job.review_recommended,
         )
-        for job in session.execute(select(Job).order_by(Job.id)).scalars()
+        for job in session.execute(query).scalars()
     ]
 
 

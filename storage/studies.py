@@ -55,6 +55,8 @@ class ReceivingStudy:
     last_received_at: datetime
     """The value a fire is conditional on (see the module docstring)."""
     deadline_passed_at: datetime | None
+    force_complete_by: str | None
+    """Set when an operator asked for the study to fire now (``request_force_complete``)."""
     series: tuple[ReceivedSeries, ...]
     """In the order they were first received."""
     open_associations: int
@@ -73,9 +75,12 @@ def receiving_study_ids(session: Session) -> list[int]:
 def receiving_study(session: Session, study_id: int) -> ReceivingStudy | None:
     """The study's :class:`ReceivingStudy`; None if it is gone or no longer receiving."""
     study = session.execute(
-        select(Study.state_changed_at, Study.last_received_at, Study.deadline_passed_at).where(
-            Study.id == study_id, Study.state == StudyState.RECEIVING
-        )
+        select(
+            Study.state_changed_at,
+            Study.last_received_at,
+            Study.deadline_passed_at,
+            Study.force_complete_by,
+        ).where(Study.id == study_id, Study.state == StudyState.RECEIVING)
     ).one_or_none()
     if study is None:
         return None
@@ -92,6 +97,7 @@ def receiving_study(session: Session, study_id: int) -> ReceivingStudy | None:
         receiving_since=study.state_changed_at,
         last_received_at=study.last_received_at,
         deadline_passed_at=study.deadline_passed_at,
+        force_complete_by=study.force_complete_by,
         series=_received_series(session, study_id),
         open_associations=int(open_count or 0),
         last_association_closed_at=last_closed,
@@ -150,6 +156,26 @@ def record_deadline_passed(session: Session, study_id: int, at: datetime, reason
     return bool(noted)
 
 
+def request_force_complete(session: Session, study_id: int, by: str) -> bool:
+    """Ask the completion monitor to fire a receiving study now; False if it is not receiving.
+
+    Only a request: the monitor still routes the study and concludes it with its usual
+    conditional update, so an instance arriving meanwhile is never lost (it is in the study
+    when it fires, or it reopens it by the late-series policy).
+    """
+    asked = rowcount(
+        session.execute(
+            update(Study)
+            .where(Study.id == study_id, Study.state == StudyState.RECEIVING)
+            .values(force_complete_by=by)
+            .execution_options(synchronize_session=False)
+        )
+    )
+    if asked:
+        record_node_event(session, "force_complete_requested", {"by": by}, study_id=study_id)
+    return bool(asked)
+
+
 def conclude_study(
     session: Session,
     study: ReceivingStudy,
@@ -177,6 +203,7 @@ def conclude_study(
                     state=new_state,
                     state_reason=reason,
                     state_changed_at=at,
+                    force_complete_by=None,  # a request is used up by the study it fired
                     routing_rule=rule,
                     times_fired=Study.times_fired + (1 if new_state is StudyState.COMPLETE else 0),
                 )

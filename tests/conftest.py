@@ -80,6 +80,8 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
                 "logging": {"level": "INFO"},
                 # Receiving tests look at queued jobs; tests of the pipeline turn jobs on.
                 "jobs": {"enabled": False},
+                # The dashboard tests start it on a port of their own.
+                "web": {"enabled": False},
             },
             sections,
         )

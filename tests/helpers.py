@@ -114,8 +114,12 @@ def storescu(port: int, paths: list[Path], *, called: str = "SEGNODE", calling: 
 class NodeProcess:
     """``segnode serve`` as a real subprocess (for kill -9 and restart tests)."""
 
-    def __init__(self, config_path: Path, data_dir: Path, port: int, log_path: Path) -> None:
+    def __init__(
+        self, config_path: Path, data_dir: Path, port: int, log_path: Path, web_port: int | None = None
+    ) -> None:
         self.config_path, self.data_dir, self.port, self.log_path = config_path, data_dir, port, log_path
+        self.web_port = web_port
+        """The dashboard's port; None (the default) runs the node without its web server."""
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> NodeProcess:
@@ -124,6 +128,14 @@ class NodeProcess:
             [sys.executable, "-m", "segnode.node.cli", "serve", "--config", str(self.config_path),
              "--data-dir", str(self.data_dir), "--port", str(self.port)],
             cwd=REPO_ROOT, stdout=log, stderr=log,
+            env={
+                **os.environ,
+                **(
+                    {"SEGNODE__WEB__ENABLED": "false"}
+                    if self.web_port is None
+                    else {"SEGNODE__WEB__PORT": str(self.web_port)}
+                ),
+            },
         )
         wait_for_port(self.port)
         return self

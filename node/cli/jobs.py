@@ -3,7 +3,9 @@
 None of them migrates: they open the database as it is (``open_sessions``) and refuse a
 schema that is behind, naming ``segnode db upgrade``. ``list`` and ``show`` only read
 (``segnode.storage.queries``); ``retry`` and ``cancel`` are the machine's manual transitions
-(``segnode.storage.jobs``). This module only parses and formats.
+(``segnode.storage.jobs``), both through the service layer (``segnode.node.admin.jobs``) that the
+dashboard and the REST API call too; a retry or cancel is recorded in the audit log as
+``cli:<login>``. This module only parses and formats.
 """
 
 from __future__ import annotations
@@ -13,12 +15,10 @@ from typing import Annotated
 
 import typer
 
+from segnode.node.admin import jobs as admin_jobs
+from segnode.node.admin.actors import command_line_actor
+from segnode.node.admin.errors import AdminError
 from segnode.node.cli.options import ConfigOption, DataDirOption, JsonOption, open_sessions
-from segnode.storage.database import read_only_session
-from segnode.storage.errors import JobStateError
-from segnode.storage.job_states import ACTIVE, JobState
-from segnode.storage.jobs import cancel_job, retry_job
-from segnode.storage.queries import job_detail, list_jobs
 
 jobs_app = typer.Typer(no_args_is_help=True, help="Jobs.")
 
@@ -33,15 +33,13 @@ def jobs_list(
     config: ConfigOption = None, data_dir: DataDirOption = None, as_json: JsonOption = False
 ) -> None:
     """List jobs."""
-    sessions = open_sessions(config, data_dir)
-    with read_only_session(sessions) as session:
-        rows = list_jobs(session)
+    rows = admin_jobs.jobs(open_sessions(config, data_dir))
     if as_json:
         typer.echo(json.dumps([row.to_json() for row in rows], indent=2))
         return
     for row in rows:
         review = "  REVIEW" if row.review_recommended else ""
-        typer.echo(f"{row.id:>5}  study {row.study_id:>5}  {row.state:<12} {row.trigger}{review}")
+        typer.echo(f"{row.id:>5}  study {row.study_id:>5}  {row.state:<14} {row.trigger}{review}")
         if row.error:
             typer.echo(f"       {row.error}")
 
@@ -49,12 +47,10 @@ def jobs_list(
 @jobs_app.command("show")
 def jobs_show(job_id: int, config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
     """Show one job: state, failure, model, quality flags, deliveries and its event log (JSON)."""
-    sessions = open_sessions(config, data_dir)
-    with read_only_session(sessions) as session:
-        detail = job_detail(session, job_id)
-    if detail is None:
-        typer.echo(f"error: no job {job_id}", err=True)
-        raise typer.Exit(1)
+    try:
+        detail = admin_jobs.job(open_sessions(config, data_dir), job_id)
+    except AdminError as exc:
+        raise _fail(exc) from exc
     typer.echo(json.dumps(detail.to_json(), indent=2))
 
 
@@ -63,23 +59,20 @@ def jobs_retry(
     job_id: int,
     from_step: Annotated[
         str | None,
-        typer.Option("--from", help="Resume at this step (default: the step that failed)."),
+        typer.Option("--from", help="Resume at this step (default: the step that stopped it)."),
     ] = None,
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Run a failed or cancelled job again; a running node picks it up within a second."""
-    steps = [state.value for state in ACTIVE]
-    if from_step is not None and from_step not in steps:
-        typer.echo(f"error: --from must be one of {', '.join(steps)}", err=True)
+    """Run a failed, not applicable or cancelled job again; a running node picks it up within a second."""
+    if from_step is not None and from_step not in admin_jobs.RESUMABLE_STEPS:
+        typer.echo(f"error: --from must be one of {', '.join(admin_jobs.RESUMABLE_STEPS)}", err=True)
         raise typer.Exit(2)
     sessions = open_sessions(config, data_dir)
     try:
-        with sessions.begin() as session:
-            job = retry_job(session, job_id, JobState(from_step) if from_step else None)
-    except JobStateError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
+        job = admin_jobs.retry(sessions, command_line_actor(), job_id, from_step)
+    except AdminError as exc:
+        raise _fail(exc) from exc
     typer.echo(f"job {job_id}: attempt {job.attempt}, resumes at {job.state}")
 
 
@@ -91,11 +84,13 @@ def jobs_cancel(
     data_dir: DataDirOption = None,
 ) -> None:
     """Cancel an unfinished job; a step in flight finishes and its outputs are discarded."""
-    sessions = open_sessions(config, data_dir)
     try:
-        with sessions.begin() as session:
-            cancel_job(session, job_id, reason)
-    except JobStateError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
+        admin_jobs.cancel(open_sessions(config, data_dir), command_line_actor(), job_id, reason)
+    except AdminError as exc:
+        raise _fail(exc) from exc
     typer.echo(f"job {job_id}: cancelled")
+
+
+def _fail(exc: AdminError) -> typer.Exit:
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(1)

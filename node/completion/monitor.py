@@ -174,6 +174,10 @@ class CompletionMonitor:
             # identification is recorded with the job when the study fires.
             assignment = identify_sequences(self._sequence_facts(study), self._selection)
             decision = decide(self._snapshot(study, assignment), policy, now)
+            if decision.verdict is Verdict.WAIT and study.force_complete_by is not None:
+                decision = CompletionDecision(
+                    Verdict.FIRE, f"completed by hand by {study.force_complete_by}"
+                )
 
             if decision.verdict is Verdict.WAIT:
                 if (

@@ -26,7 +26,7 @@ def test_every_option_in_the_model_is_documented_in_the_default_file() -> None:
     text = DEFAULT_CONFIG_PATH.read_text()
     for section in (
         "listener", "storage", "selection", "preprocessing", "model", "result_series", "quality",
-        "delivery", "jobs", "logging",
+        "delivery", "jobs", "web", "logging",
     ):
         model = getattr(Settings(), section)
         for key in type(model).model_fields:
@@ -90,7 +90,7 @@ def test_default_file_is_valid_toml_with_documented_sections() -> None:
     data = tomllib.loads(DEFAULT_CONFIG_PATH.read_text())
     assert set(data) == {
         "listener", "storage", "completion", "routing", "selection", "preprocessing", "model",
-        "result_series", "quality", "delivery", "jobs", "logging",
+        "result_series", "quality", "delivery", "jobs", "web", "logging",
     }
 
 

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from segnode.storage.instances import InstanceRecord
 from segnode.storage.job_states import MACHINE, JobState
-from segnode.storage.jobs import advance_job, cancel_job, fail_job
+from segnode.storage.jobs import advance_job, cancel_job, conclude_not_applicable, fail_job
 
 
 def instance_record(sop: str, series: str = "1.2.3.1", study: str = "1.2.3", when: datetime | None = None) -> InstanceRecord:
@@ -37,10 +37,17 @@ def put_job_in(session: Session, job_id: int, state: JobState) -> None:
     for row in MACHINE:
         if row.state is state:
             return
-        if state in (JobState.FAILED, JobState.CANCELLED) and row.state is JobState.SELECTING:
+        if (
+            state in (JobState.FAILED, JobState.NOT_APPLICABLE, JobState.CANCELLED)
+            and row.state is JobState.SELECTING
+        ):
             break  # fail or cancel it half way along the path
         assert advance_job(session, job_id, row.state, row.next, {}, None)
     if state is JobState.FAILED:
         assert fail_job(session, job_id, JobState.SELECTING, "selecting: test failure", None)
+    elif state is JobState.NOT_APPLICABLE:
+        assert conclude_not_applicable(
+            session, job_id, JobState.SELECTING, "not applicable: missing FLAIR", {"missing": ["flair"]}, None
+        )
     elif state is JobState.CANCELLED:
         cancel_job(session, job_id, "test")

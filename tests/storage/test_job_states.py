@@ -39,9 +39,9 @@ def test_the_worker_states_run_exactly_the_pipeline_steps_in_order() -> None:
     assert list(STEP_FOR_STATE) == [state for state in ACTIVE if state not in node_states]
 
 
-def test_cancel_from_every_active_state_and_retry_only_from_failed_or_cancelled() -> None:
+def test_cancel_from_every_active_state_and_retry_only_from_a_stopped_state() -> None:
     assert CANCELLABLE == set(ACTIVE)
-    assert RETRYABLE == {JobState.FAILED, JobState.CANCELLED}
+    assert RETRYABLE == {JobState.FAILED, JobState.NOT_APPLICABLE, JobState.CANCELLED}
     assert RETRYABLE < TERMINAL  # a done job is never run again: a new run is a new job
 
 

@@ -22,6 +22,7 @@ from segnode.storage.job_states import ACTIVE, MACHINE, NEXT_STATE, TERMINAL, Jo
 from segnode.storage.jobs import (
     advance_job,
     cancel_job,
+    conclude_not_applicable,
     create_job,
     ensure_deliveries,
     fail_job,
@@ -261,7 +262,7 @@ def test_cancelling_or_retrying_a_job_that_does_not_exist_says_so(sqlite_session
 # -- retry_job -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("how", [JobState.FAILED, JobState.CANCELLED])
+@pytest.mark.parametrize("how", [JobState.FAILED, JobState.NOT_APPLICABLE, JobState.CANCELLED])
 def test_a_retry_resumes_at_the_state_that_stopped(
     sqlite_sessions: Sessions, new_job: NewJob, how: JobState
 ) -> None:
@@ -269,6 +270,8 @@ def test_a_retry_resumes_at_the_state_that_stopped(
     with sqlite_sessions.begin() as session:
         if how is JobState.FAILED:
             fail_job(session, job_id, JobState.CONVERTING, "converting: bad spacing", None)
+        elif how is JobState.NOT_APPLICABLE:
+            conclude_not_applicable(session, job_id, JobState.CONVERTING, "not applicable: no T1c", {}, None)
         else:
             cancel_job(session, job_id, "pause")
     with sqlite_sessions.begin() as session:
@@ -292,7 +295,7 @@ def test_a_retry_may_resume_at_an_explicit_state(
     with sqlite_sessions.begin() as session:
         retry_job(session, job_id, JobState.WRITING)
     assert _job(sqlite_sessions, job_id).state is JobState.WRITING
-    with pytest.raises(JobStateError, match="only a failed or cancelled job"):
+    with pytest.raises(JobStateError, match="only a failed, not applicable or cancelled job"):
         with sqlite_sessions.begin() as session:
             retry_job(session, job_id, JobState.RECEIVED)  # it is active again now
 
@@ -311,7 +314,7 @@ def test_only_a_failed_or_cancelled_job_can_be_retried(
     sqlite_sessions: Sessions, new_job: NewJob, state: JobState
 ) -> None:
     job_id = new_job(state)
-    with pytest.raises(JobStateError, match="only a failed or cancelled job can be retried"):
+    with pytest.raises(JobStateError, match="only a failed, not applicable or cancelled job can be retried"):
         with sqlite_sessions.begin() as session:
             retry_job(session, job_id)
     job = _job(sqlite_sessions, job_id)
