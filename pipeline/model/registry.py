@@ -10,9 +10,7 @@ Nothing is overwritten: jobs record the model id and sha256 they ran with.
 
 from __future__ import annotations
 
-import builtins
 import logging
-import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -23,23 +21,21 @@ import torch
 from pydantic import ValidationError
 
 from segnode.pipeline.model.bundle.monai_bundle import bundle_folder, read_monai_bundle
+from segnode.pipeline.model.catalog import BUILTIN_MODELS, ModelCatalog
 from segnode.pipeline.model.errors import (
     InvalidManifestError,
     ModelExistsError,
-    ModelNotFoundError,
 )
-from segnode.pipeline.model.manifest import MANIFEST_FILE, ModelManifest
+from segnode.pipeline.model.manifest import ModelManifest
 from segnode.pipeline.model.weights import (
     network_from_state_dict,
     read_verified_weights,
-    verify_weights_file,
 )
 
 log = logging.getLogger(__name__)
 
 BUNDLE_PROVENANCE = "monai_bundle"
 """Where an imported bundle's configs/ and docs/ (licences, README) are kept."""
-_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,84 +82,8 @@ def load_model(folder: Path, device: torch.device | str = "cpu") -> LoadedModel:
     return LoadedModel(manifest=manifest, network=network, sha256=weights.sha256, path=weights.path)
 
 
-class ModelRegistry:
-    """The models under one root folder (normally ``<data_dir>/models``)."""
-
-    def __init__(self, root: Path, builtin_roots: Sequence[Path] = ()) -> None:
-        """Args:
-        root: where imported models go (normally ``<data_dir>/models``).
-        builtin_roots: read-only folders of models shipped with segnode (the
-            reference weights); an imported model with the same id wins.
-        """
-        self._root = Path(root)
-        self._builtin = tuple(Path(folder) for folder in builtin_roots)
-
-    @property
-    def root(self) -> Path:
-        return self._root
-
-    def ids(self) -> builtins.list[str]:
-        """Registered ids (imported and built in), sorted; hidden (staging) folders are not models."""
-        found: set[str] = set()
-        for root in (self._root, *self._builtin):
-            if root.is_dir():
-                found.update(
-                    child.name
-                    for child in root.iterdir()
-                    if child.is_dir()
-                    and not child.name.startswith(".")
-                    and (child / MANIFEST_FILE).is_file()
-                )
-        return sorted(found)
-
-    def list(self) -> builtins.list[ModelManifest]:
-        """Every registered manifest, by id.
-
-        Raises:
-            InvalidManifestError: a model folder's manifest is broken (named, so it can
-                be fixed or removed; a broken model is never skipped silently).
-        """
-        return [self.get(model_id) for model_id in self.ids()]
-
-    def folder(self, model_id: str) -> Path:
-        """The folder of a registered model.
-
-        Raises:
-            ModelNotFoundError: unknown id; the message lists the registered ones.
-        """
-        candidates = [root / model_id for root in (self._root, *self._builtin)]
-        folder = next((c for c in candidates if (c / MANIFEST_FILE).is_file()), candidates[0])
-        if not _ID.match(model_id) or not (folder / MANIFEST_FILE).is_file():
-            available = ", ".join(self.ids()) or "none"
-            raise ModelNotFoundError(
-                f"no model {model_id!r} in registry {self._root} (available: {available}); "
-                f"add one with `segnode models import PATH`"
-            )
-        return folder
-
-    def get(self, model_id: str) -> ModelManifest:
-        """The manifest of a registered model.
-
-        Raises:
-            ModelNotFoundError: unknown id (lists the available ids).
-            InvalidManifestError: the manifest is broken or names another id.
-        """
-        folder = self.folder(model_id)
-        manifest = ModelManifest.read(folder)
-        if manifest.id != model_id:
-            raise InvalidManifestError(
-                f"{folder / MANIFEST_FILE}: manifest id {manifest.id!r} differs from the folder "
-                f"name {model_id!r}; rename one of them"
-            )
-        return manifest
-
-    def verify(self, model_id: str) -> str:
-        """Check the weights file against the manifest's sha256; returns the checksum.
-
-        Raises:
-            CorruptModelError: missing file or different checksum (both named).
-        """
-        return verify_weights_file(self.folder(model_id), self.get(model_id))
+class ModelRegistry(ModelCatalog):
+    """A :class:`ModelCatalog` that also loads models and adds them (staged, verified, renamed)."""
 
     def resolve(self, model: str) -> Path:
         """The folder of ``model``: a model folder's path as given, else a registered id.
@@ -309,8 +229,6 @@ class _Staging:
             shutil.rmtree(self.path, ignore_errors=True)
 
 
-BUILTIN_MODELS = Path(__file__).with_name("builtin")
-"""Models shipped with segnode (the reference weights and their model card)."""
 
 
 def node_registry(data_dir: Path) -> ModelRegistry:

@@ -12,7 +12,6 @@ registry, ``segnode predict``, ``train --init-weights``, ensemble packing);
 
 from __future__ import annotations
 
-import hashlib
 import io
 import pickle
 import zipfile
@@ -23,8 +22,12 @@ from typing import Literal
 
 import torch
 
+from segnode.pipeline.model.checksum import (
+    check_sha256,
+    sha256_hex,
+    weights_file,
+)
 from segnode.pipeline.model.errors import (
-    CorruptModelError,
     InvalidManifestError,
     WeightsMismatchError,
 )
@@ -42,14 +45,6 @@ _SHOWN = 3
 """How many offending parameter names a mismatch message quotes per kind."""
 
 
-def sha256_hex(source: bytes | Path) -> str:
-    """Hex sha256 of bytes, or of a file read in chunks (weights may be hundreds of MB)."""
-    if isinstance(source, Path):
-        with source.open("rb") as handle:
-            return hashlib.file_digest(handle, "sha256").hexdigest()
-    return hashlib.sha256(source).hexdigest()
-
-
 @dataclass(frozen=True, slots=True)
 class VerifiedWeights:
     """A model folder's state_dict, read from bytes whose sha256 matched the manifest's."""
@@ -58,36 +53,6 @@ class VerifiedWeights:
     sha256: str
     path: Path
     """The weights file."""
-
-
-def _weights_file(folder: Path, manifest: ModelManifest) -> Path:
-    path = folder / manifest.weights_file
-    if not path.is_file():
-        raise CorruptModelError(
-            f"model {manifest.id}: weights file {path} is missing; re-import the model"
-        )
-    return path
-
-
-def _check_sha256(manifest: ModelManifest, path: Path, actual: str) -> None:
-    if actual != manifest.weights_sha256:
-        raise CorruptModelError(
-            f"model {manifest.id}: checksum mismatch for {path}: the manifest says sha256 "
-            f"{manifest.weights_sha256}, the file has {actual}; the file is damaged or is not "
-            f"the weights this manifest describes: re-import the model from its original source"
-        )
-
-
-def verify_weights_file(folder: Path, manifest: ModelManifest) -> str:
-    """The weights file's sha256, after it matched the manifest's (nothing is deserialised).
-
-    Raises:
-        CorruptModelError: the file is missing or its checksum differs (both are named).
-    """
-    path = _weights_file(folder, manifest)
-    actual = sha256_hex(path)
-    _check_sha256(manifest, path, actual)
-    return actual
 
 
 def read_verified_weights(folder: Path, manifest: ModelManifest) -> VerifiedWeights:
@@ -101,10 +66,10 @@ def read_verified_weights(folder: Path, manifest: ModelManifest) -> VerifiedWeig
         CorruptModelError: the file is missing or its checksum differs (both are named).
         WeightsMismatchError: the file is not a PyTorch state_dict of tensors.
     """
-    path = _weights_file(folder, manifest)
+    path = weights_file(folder, manifest)
     data = path.read_bytes()
     actual = sha256_hex(data)
-    _check_sha256(manifest, path, actual)
+    check_sha256(manifest, path, actual)
     state = read_state_dict(data, where=f"model {manifest.id}")
     return VerifiedWeights(state=state, sha256=actual, path=path)
 

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from segnode.files import atomic_write
+from segnode.pipeline.model.checksum import sha256_hex
 from segnode.pipeline.model.manifest import DEFAULT_PREPROCESSING, MANIFEST_FILE, ModelManifest
 from segnode.pipeline.model.registry import load_model
-from segnode.pipeline.model.weights import sha256_hex
 from segnode.pipeline.training.brats_data import BratsCase
 from segnode.pipeline.training.config import TrainConfig, TrainingError
 from segnode.pipeline.training.export import VAE_PREFIX

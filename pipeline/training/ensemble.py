@@ -21,10 +21,11 @@ from typing import Any
 import torch
 
 from segnode.files import atomic_write
+from segnode.pipeline.model.checksum import sha256_hex
 from segnode.pipeline.model.errors import InvalidManifestError
 from segnode.pipeline.model.manifest import ModelManifest, PostprocessingSpec
 from segnode.pipeline.model.network import build_network
-from segnode.pipeline.model.weights import read_verified_weights, sha256_hex
+from segnode.pipeline.model.weights import read_verified_weights
 from segnode.pipeline.training.export import VAE_PREFIX
 
 

@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 
 from segnode.files import atomic_write
+from segnode.pipeline.model.checksum import sha256_hex
 from segnode.pipeline.model.manifest import ModelManifest
 from segnode.pipeline.model.network import build_network
-from segnode.pipeline.model.weights import read_verified_weights, sha256_hex
+from segnode.pipeline.model.weights import read_verified_weights
 
 VAE_PREFIX = "vae_"
 

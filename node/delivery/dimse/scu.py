@@ -43,6 +43,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 from pynetdicom import evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 
@@ -383,3 +384,48 @@ def _end(assoc: Association, *, release: bool) -> None:
         assoc.release()
     else:
         assoc.abort()
+
+
+def echo_dimse(destination: DimseDestination) -> float:
+    """C-ECHO the destination as a delivery would reach it (same AE titles, TLS, timeouts).
+
+    Returns the round trip in seconds, association included: the dashboard's
+    "test this destination" button.
+
+    Raises:
+        TransientDeliveryError / PermanentDeliveryError: not reachable, refused, or a
+            non-success status, described as a delivery failure would be.
+    """
+    try:
+        context = destination_ssl_context(destination.tls)
+    except (OSError, ValueError) as exc:
+        raise PermanentDeliveryError(
+            destination.name, f"cannot load the TLS certificates or key: {exc}", cause="tls-config"
+        ) from exc
+    ae = NoDelayAE(ae_title=destination.calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = destination.timeout_s
+    ae.connection_timeout = destination.timeout_s
+    ae.add_requested_context(Verification)
+    watch = PeerWatch()
+    started = time.monotonic()
+    assoc = ae.associate(
+        destination.host,
+        destination.port,
+        ae_title=destination.ae_title,
+        evt_handlers=[(evt.EVT_PDU_RECV, watch.on_pdu)],
+        tls_args=(context, destination.host) if context is not None else None,
+    )
+    if not assoc.is_established:
+        raise _not_established_error(destination, ae, assoc, watch, started)
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        _end(assoc, release=True)
+    code = int(status.Status) if "Status" in status else None
+    if code != 0:
+        raise TransientDeliveryError(
+            destination.name,
+            "no C-ECHO response" if code is None else f"C-ECHO status {describe_status(code)}",
+            cause="echo-failed",
+        )
+    return time.monotonic() - started

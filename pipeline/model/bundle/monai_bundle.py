@@ -34,11 +34,11 @@ from segnode.pipeline.model.bundle.network_def import (
     architecture_from_network_def,
     resolve_references,
 )
+from segnode.pipeline.model.checksum import sha256_hex
 from segnode.pipeline.model.errors import BundleImportError
 from segnode.pipeline.model.manifest import ModelManifest
 from segnode.pipeline.model.weights import (
     read_weights,
-    sha256_hex,
     state_dict_bytes,
     weights_dtype,
 )

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 
+from segnode.pipeline.model.checksum import sha256_hex
 from segnode.pipeline.model.manifest import ArchitectureSpec, ModelManifest
 from segnode.pipeline.model.network import build_network, segmentation_logits
 from segnode.pipeline.model.registry import load_model
-from segnode.pipeline.model.weights import sha256_hex
 from segnode.pipeline.training.export import export_for_inference
 
 
