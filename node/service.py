@@ -23,11 +23,13 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from segnode.config.settings import Settings
+from segnode.node.admin.status import NodeProbe
 from segnode.node.completion.monitor import CompletionMonitor
 from segnode.node.completion.routing import rule_keywords
 from segnode.node.jobs.runner import JobRunner
 from segnode.node.receiving.receiver import InstanceReceiver
 from segnode.node.receiving.scp import StorageSCP
+from segnode.node.web.server import WebServer
 from segnode.storage.associations import end_open_associations
 from segnode.storage.database import make_session_factory, open_database
 from segnode.storage.events import record_node_event
@@ -49,6 +51,8 @@ class Node:
     receiver: InstanceReceiver
     monitor: CompletionMonitor
     runner: JobRunner
+    web: WebServer | None = None
+    """The dashboard and REST API (``[web] enabled``), in its own thread."""
     _stopped: bool = field(default=False, init=False, repr=False)
 
     def stop(self) -> None:
@@ -59,6 +63,8 @@ class Node:
         if self._stopped:
             return
         self._stopped = True
+        if self.web is not None:
+            self.web.stop()
         self.scp.stop()
         # The listener aborted what was still open; its close handlers may run
         # late or not at all, so the rows are ended here (a late handler finds
@@ -117,7 +123,19 @@ def start_node(settings: Settings) -> Node:
     if settings.jobs.enabled:
         runner.start()  # resumes every unfinished job at the step that had not finished
     scp.start()
-    return Node(settings, engine, sessions, store, scp, receiver, monitor, runner)
+    web = None
+    if settings.web.enabled:
+        web = WebServer(
+            settings, sessions, NodeProbe(listener_bound=lambda: scp.serving, workers=runner.pool_status)
+        )
+        try:
+            web.start()
+        except Exception:
+            scp.stop()
+            monitor.stop()
+            runner.stop()
+            raise
+    return Node(settings, engine, sessions, store, scp, receiver, monitor, runner, web)
 
 
 def serve_forever(settings: Settings) -> None:

@@ -17,7 +17,15 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from segnode.storage.job_states import JobState
-from segnode.storage.models import Job, JobEvent, QuarantinedInstance, Series, Study
+from segnode.storage.models import (
+    Job,
+    JobDelivery,
+    JobEvent,
+    QuarantinedInstance,
+    Series,
+    Study,
+    UtcDateTime,
+)
 
 
 def _json_fields(items: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -205,3 +213,80 @@ def job_detail(session: Session, job_id: int) -> JobDetail | None:
             EventRow(at=e.at, kind=e.kind, duration_s=e.duration_s, detail=e.detail) for e in events
         ],
     )
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineRow(_Row):
+    """One quarantined instance: why, what the sender was told, where the copy is."""
+
+    id: int
+    quarantined_at: datetime
+    reason: str
+    status_code: int
+    has_file: bool
+    sop_instance_uid: str | None
+    sop_class_uid: str | None
+    calling_ae: str | None
+    association_id: str | None
+
+
+def list_quarantine(session: Session, limit: int = 500) -> list[QuarantineRow]:
+    """The newest ``limit`` quarantine entries first."""
+    rows = session.execute(
+        select(QuarantinedInstance).order_by(QuarantinedInstance.id.desc()).limit(limit)
+    ).scalars()
+    return [
+        QuarantineRow(
+            id=row.id,
+            quarantined_at=row.quarantined_at,
+            reason=row.reason,
+            status_code=row.status_code,
+            has_file=row.file_path is not None,
+            sop_instance_uid=row.sop_instance_uid,
+            sop_class_uid=row.sop_class_uid,
+            calling_ae=row.calling_ae,
+            association_id=row.association_id,
+        )
+        for row in rows
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationDeliveries(_Row):
+    """One destination's deliveries over all jobs, by state, and its latest failure."""
+
+    destination: str
+    by_state: dict[str, int]
+    attempts: int
+    last_delivered_at: datetime | None
+    last_error: str | None
+
+
+def deliveries_by_destination(session: Session) -> dict[str, DestinationDeliveries]:
+    counts: dict[str, dict[str, int]] = {}
+    attempts: dict[str, int] = {}
+    for name, state, count, tries in session.execute(
+        select(
+            JobDelivery.destination,
+            JobDelivery.state,
+            func.count(JobDelivery.id),
+            func.sum(JobDelivery.attempts),
+        ).group_by(JobDelivery.destination, JobDelivery.state)
+    ).tuples():
+        counts.setdefault(name, {})[state] = int(count)
+        attempts[name] = attempts.get(name, 0) + int(tries or 0)
+    summary: dict[str, DestinationDeliveries] = {}
+    for name, by_state in counts.items():
+        last = session.execute(
+            select(func.max(JobDelivery.delivered_at, type_=UtcDateTime())).where(
+                JobDelivery.destination == name
+            )
+        ).scalar_one()
+        error = session.execute(
+            select(JobDelivery.last_error)
+            .where(JobDelivery.destination == name, JobDelivery.last_error.is_not(None))
+            .order_by(JobDelivery.id.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+        summary[name] = DestinationDeliveries(name, by_state, attempts[name], last, error)
+    return summary

@@ -25,11 +25,14 @@ from segnode.node.cli import (
     serve,
     studies,
     train,
+    users,
 )
 
 app = typer.Typer(no_args_is_help=True, help="segnode: DICOM brain-tumour segmentation node.")
 
-for _module in (serve, config, db, rules, inspect, studies, jobs, run, train, predict, evaluate, models, cv):
+for _module in (
+    serve, config, db, users, rules, inspect, studies, jobs, run, train, predict, evaluate, models, cv,
+):
     _module.register(app)
 
 

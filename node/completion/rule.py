@@ -160,3 +160,19 @@ def decide(snapshot: StudySnapshot, policy: CompletionPolicy, now: datetime) -> 
     return CompletionDecision(
         Verdict.WAIT, f"{summary}; waiting on", deadline_passed=True, missing_roles=missing
     )
+
+
+#: The ways a study fires, as metrics label them; each is recognised by the text this module
+#: writes into the study's reason and the job's trigger (one home for both).
+FIRE_KINDS: tuple[tuple[str, str], ...] = (
+    ("completed by hand", "manual"),
+    ("released with T1, T1c", "release_complete"),
+    ("association release hint", "release_grace"),
+    ("quiet for", "quiet"),
+    ("deadline of", "deadline"),
+)
+
+
+def fire_kind(reason: str) -> str:
+    """``manual``, ``release_complete``, ``release_grace``, ``quiet``, ``deadline`` or ``other``."""
+    return next((kind for text, kind in FIRE_KINDS if text in reason), "other")

@@ -38,7 +38,7 @@ from segnode.config.settings import Settings
 from segnode.node.backoff import backoff_delay_s
 from segnode.node.delivery import wanted_output_kinds
 from segnode.node.delivery.sending_step import send_results
-from segnode.node.jobs.worker_pool import WorkerPool
+from segnode.node.jobs.worker_pool import PoolStatus, WorkerPool
 from segnode.node.logs import log_context
 from segnode.pipeline.errors import PipelineError, SequencesMissingError
 from segnode.pipeline.steps import StepSettings, run_step, warm_up
@@ -106,6 +106,9 @@ class JobRunner:
             thread = threading.Thread(target=self._loop, name=f"job-runner-{index}", daemon=True)
             thread.start()
             self._threads.append(thread)
+
+    def pool_status(self) -> PoolStatus:
+        return self._pool.status()
 
     def wake(self) -> None:
         self._wake.set()

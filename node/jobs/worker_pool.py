@@ -111,7 +111,14 @@ class WorkerPool:
         self._log_settings = (log_level, log_format)
         self._lock = threading.Lock()
         self._warm_up: tuple[Callable[..., object], tuple[object, ...]] | None = None
+        self._warm_state = "cold"
+        self._replacements = 0
         self._pool = self._new_pool()
+
+    def status(self) -> PoolStatus:
+        """What the dashboard and ``/ready`` show: how many workers, warm or not, replaced how often."""
+        with self._lock:
+            return PoolStatus(self._workers, self._warm_state, self._replacements)
 
     def warm(self, function: Callable[..., object], *args: object) -> None:
         """Start the workers now and run ``function(*args)`` in each, now and in every
@@ -132,12 +139,21 @@ class WorkerPool:
         if self._warm_up is None:
             return
         function, args = self._warm_up
+        with self._lock:
+            self._warm_state = "warming"
         for _ in range(self._workers):
             try:
                 future = pool.submit(function, *args)
             except RuntimeError:  # the pool was shut down meanwhile (the node is stopping)
                 return
             future.add_done_callback(_log_warm_up)
+            future.add_done_callback(self._note_warm_up)
+
+    def _note_warm_up(self, future: Future[object]) -> None:
+        if future.cancelled():
+            return
+        with self._lock:
+            self._warm_state = "failed" if future.exception() is not None else "warm"
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
@@ -188,6 +204,8 @@ class WorkerPool:
         with self._lock:
             if self._pool is pool:
                 self._pool = replacement = self._new_pool()
+                self._replacements += 1
+                self._warm_state = "cold"
         _terminate(pool)
         if replacement is not None:
             self._submit_warm_up(replacement)
@@ -197,6 +215,15 @@ class WorkerPool:
         with self._lock:
             pool = self._pool
         _terminate(pool)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatus:
+    workers: int
+    warm_state: str
+    """``cold`` (not warmed, or replaced and not warmed yet), ``warming``, ``warm``, ``failed``."""
+    replacements: int
+    """Pools replaced since the start (a worker crashed or a step timed out)."""
 
 
 def _log_warm_up(future: Future[object]) -> None:

@@ -186,6 +186,11 @@ class StorageSCP:
             raise RuntimeError("listener not started")
         return int(self._server.server_address[1])
 
+    @property
+    def serving(self) -> bool:
+        """True while the listener's socket is bound and its accept loop runs (``/ready``)."""
+        return self._server is not None
+
     def start(self) -> None:
         handlers: list[evt.EventHandlerType] = [
             (evt.EVT_CONN_OPEN, self._on_connection_open),

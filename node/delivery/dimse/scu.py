@@ -43,9 +43,9 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 from pynetdicom import evt
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import A_ASSOCIATE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from segnode.config.destinations import DimseDestination
 from segnode.node.delivery.dimse.contexts import (
