@@ -23,6 +23,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from segnode.config.settings import Settings
+from segnode.node.admin.accounts import ensure_first_admin
 from segnode.node.admin.status import NodeProbe
 from segnode.node.completion.monitor import CompletionMonitor
 from segnode.node.completion.routing import rule_keywords
@@ -125,6 +126,10 @@ def start_node(settings: Settings) -> Node:
     scp.start()
     web = None
     if settings.web.enabled:
+        first_admin = ensure_first_admin(sessions, settings.storage.data_dir)
+        if first_admin is not None:
+            log.warning("dashboard: no users yet; sign in as 'admin' with the password in the file",
+                        extra={"password_file": str(first_admin)})
         web = WebServer(
             settings, sessions, NodeProbe(listener_bound=lambda: scp.serving, workers=runner.pool_status)
         )

@@ -12,8 +12,10 @@ address, within ``[web] login_window_s``): it survives restarts and holds across
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -251,3 +253,30 @@ def token_actor(sessions: sessionmaker[Session], token: str, client: str | None)
 
 def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+INITIAL_PASSWORD_FILE = "initial-admin-password"
+
+
+def ensure_first_admin(sessions: sessionmaker[Session], data_dir: Path) -> Path | None:
+    """With no user at all, create ``admin`` with a random password written (0600) to
+    ``<data_dir>/initial-admin-password``; the path, or None when users exist.
+
+    Why: the dashboard has no anonymous access, and the one command that starts a fresh
+    node must leave a way in; whoever can read the data folder already holds the node.
+    The file is not removed by the node: the admin changes the password
+    (``segnode users passwd admin`` or the users page) and deletes it.
+    """
+    with sessions.begin() as session:
+        if all_users(session):
+            return None
+        password = secrets.token_urlsafe(18)
+        session.add(
+            User(username="admin", role=UserRole.ADMIN, password_hash=_hasher.hash(password), created_at=utc_now())
+        )
+        record_audit(session, "node", "user.add", "admin", detail={"role": "admin", "via": "first start"})
+        path = Path(data_dir) / INITIAL_PASSWORD_FILE
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(password + "\n")
+    return path

@@ -39,6 +39,7 @@ class WebServer:
             create_app(settings, sessions, probe),
             log_config=None,  # the node's logging (JSON lines) carries uvicorn's records
             access_log=False,
+            log_level="warning",  # its start-up lines would be withheld as third-party text
             ssl_certfile=str(web.tls.cert_file) if web.tls.cert_file else None,
             ssl_keyfile=str(web.tls.key_file) if web.tls.key_file else None,
             timeout_keep_alive=5,
