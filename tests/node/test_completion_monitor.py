@@ -12,14 +12,27 @@ from datetime import timedelta
 from pathlib import Path
 
 import pydicom
+import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from segnode.config.settings import Settings
+from segnode.node.admin import studies as admin_studies
+from segnode.node.admin.actors import Actor
+from segnode.node.admin.errors import ConflictError
 from segnode.node.completion.monitor import CompletionMonitor
 from segnode.node.receiving.receiver import InstanceReceiver, Sender
 from segnode.node.service import open_storage
-from segnode.storage.models import Job, JobEvent, JobSeries, NodeEvent, Study, utc_now
+from segnode.storage.models import (
+    AuditEvent,
+    Job,
+    JobEvent,
+    JobSeries,
+    NodeEvent,
+    Study,
+    UserRole,
+    utc_now,
+)
 from tests.helpers import require_shared_data
 
 
@@ -201,3 +214,31 @@ def test_job_records_the_sequence_identification(make_settings, tcga_study) -> N
     assert chosen == {role: built.series_instance_uid for role, built in tcga_study.items()}
     assert selection.detail["missing"] == []
     assert all(candidate["reasons"] for candidate in selection.detail["candidates"])
+
+
+def test_an_operator_completes_a_waiting_study_and_the_monitor_fires_it_once(make_settings) -> None:
+    """Force-complete (dashboard, API): the request is stored; the next tick fires the study
+    with the reason naming who asked, routing still applied; the request is used up."""
+    h = harness(make_settings)
+    h.receive_folder("siemens_prisma_E11_t1_fl2d_sag_HFS")
+    assert h.tick_after(1) == []  # quiet times not over: it waits
+    operator = Actor("olivia", UserRole.OPERATOR, "127.0.0.1")
+    admin_studies.force_complete(h.sessions, operator, h.study().id)
+    [outcome] = h.tick_after(1)
+    assert outcome.new_state == "complete"
+    study = h.study()
+    assert study.state == "complete" and study.routing_rule == "brain-mr"
+    assert study.state_reason.startswith("completed by hand by olivia")
+    assert study.force_complete_by is None
+    [job] = h.jobs()
+    assert job.trigger.startswith("completed by hand by olivia")
+    with h.sessions() as session:
+        audit = session.execute(select(AuditEvent)).scalar_one()
+        kinds = session.execute(select(NodeEvent.kind)).scalars().all()
+    assert (audit.actor, audit.action, audit.target, audit.client) == (
+        "olivia", "study.force_complete", f"study {study.id}", "127.0.0.1",
+    )
+    assert "force_complete_requested" in kinds
+    with pytest.raises(ConflictError, match="only a receiving study"):
+        admin_studies.force_complete(h.sessions, operator, study.id)
+    assert h.tick_after(120) == []

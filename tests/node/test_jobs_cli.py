@@ -6,12 +6,14 @@ directory (no listener, no pipeline); the commands run through typer's ``CliRunn
 
 from __future__ import annotations
 
+import getpass
 import json
 from pathlib import Path
 
 import pytest
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner, Result
 
@@ -33,6 +35,7 @@ from segnode.storage.jobs import (
     fail_job,
     record_quality,
 )
+from segnode.storage.models import AuditEvent
 from tests.storage.records import instance_record
 
 OLD_REVISION = "0002"
@@ -206,3 +209,19 @@ def test_retry_and_cancel_are_the_machines_manual_moves(data_dir: Path) -> None:
     events = json.loads(segnode(data_dir, "jobs", "show", str(job_id)).output)["events"]
     assert [e["kind"] for e in events][-3:] == ["retry", "cancelled", "retry"]
     assert events[-2]["detail"] == {"from": "selecting", "reason": "wrong study"}
+
+
+def test_the_command_lines_retry_and_cancel_are_in_the_audit_log_under_its_login(data_dir: Path) -> None:
+    """The CLI goes through the same service layer as the dashboard: same moves, same audit."""
+    job_id = _failed_job(data_dir)
+    assert segnode(data_dir, "jobs", "retry", str(job_id)).exit_code == 0
+    assert segnode(data_dir, "jobs", "cancel", str(job_id), "--reason", "wrong study").exit_code == 0
+    with _sessions(data_dir)() as session:
+        rows = session.execute(select(AuditEvent).order_by(AuditEvent.id)).scalars().all()
+    login = getpass.getuser()
+    assert [(r.actor, r.action, r.target, r.ok, r.client) for r in rows] == [
+        (f"cli:{login}", "job.retry", f"job {job_id}", True, None),
+        (f"cli:{login}", "job.cancel", f"job {job_id}", True, None),
+    ]
+    assert rows[0].detail == {"resume_at": "selecting", "attempt": 2}
+    assert rows[1].detail == {"stopped_at": "selecting", "reason": "wrong study"}
