@@ -111,6 +111,12 @@ def test_the_wheel_carries_models_configuration_and_migrations(wheel: Path) -> N
     }
     expected |= {"segnode/config/node.toml", "segnode/storage/migrations/env.py",
                  "segnode/storage/migrations/script.py.mako"}
+    web = REPO_ROOT / "node" / "web"
+    expected |= {
+        f"segnode/node/web/{path.relative_to(web)}"
+        for folder in ("templates", "static")
+        for path in (web / folder).iterdir()
+    }
     revisions = sorted((MIGRATIONS / "versions").glob("*.py"))
     assert revisions
     expected |= {f"segnode/storage/migrations/versions/{path.name}" for path in revisions}
