@@ -75,6 +75,7 @@ SOURCE_LABELS = "inference/labels_source.mha"
 GRID_LABELS = "inference/labels_grid.mha"
 INFERENCE_RECORD = "inference/record.json"
 OUTPUTS = "outputs"
+PREVIEW = "preview"
 RESULTS = "results.json"
 QUALITY = "quality.json"
 
@@ -393,6 +394,11 @@ class Workspace:
     @property
     def outputs_dir(self) -> Path:
         return self.root / OUTPUTS
+
+    @property
+    def preview_dir(self) -> Path:
+        """The dashboard's result preview (PNGs and ``preview.json``); kept after pruning."""
+        return self.root / PREVIEW
 
     @property
     def results_path(self) -> Path:

@@ -40,6 +40,7 @@ from segnode.files import atomic_write, fsync_dir
 from segnode.pipeline.conversion import SliceRef
 from segnode.pipeline.outputs.errors import OutputError, OutputSpecError
 from segnode.pipeline.outputs.pdf_report import build_pdf_report
+from segnode.pipeline.outputs.preview import write_preview
 from segnode.pipeline.outputs.provenance import (
     KIND_LABELS,
     LO_MAX_CHARS,
@@ -313,6 +314,7 @@ def write_results(
     out_dir: Path,
     quality: QualityReport | None = None,
     registered: Sequence[RegisteredSeriesLabels] = (),
+    preview_dir: Path | None = None,
 ) -> ResultsRecord:
     """Write the requested result objects of one label map into ``out_dir``.
 
@@ -330,6 +332,8 @@ def write_results(
         quality: the job's quality report (no flags, no checks when None).
         registered: label maps on series registration moved against the T1c; each gets a
             SEG (kind "seg") of its own when "seg" is among ``outputs``.
+        preview_dir: where to draw the dashboard's preview (``preview.write_preview``);
+            None draws none.
 
     Returns:
         The written objects (also iterable as a list) and the region volumes.
@@ -351,6 +355,8 @@ def write_results(
     case = LabelledSeries(
         source, masks, statistics, provenance, convention, quality or QualityReport()
     )
+    if preview_dir is not None:
+        write_preview(source, masks, statistics, case.quality, preview_dir)
     built: dict[OutputKind, list[Dataset]] = {}
     for kind in wanted:
         built[kind] = BUILDERS[kind](case, SeriesSpec.for_kind(settings, kind), hd.UID(), built)

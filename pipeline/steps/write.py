@@ -38,6 +38,7 @@ def run(workspace: Workspace, settings: StepSettings) -> dict[str, object]:
         out_dir=workspace.outputs_dir,
         quality=quality,
         registered=registered,
+        preview_dir=workspace.preview_dir,
     )
     results = Results.model_validate(written.as_record())
     workspace.write_results(results)
