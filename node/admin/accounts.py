@@ -155,27 +155,35 @@ def sign_in(
         SignInRefusedError: wrong name or password, disabled, or too many recent failures
             (``rate_limited``; checked first, so a correct password does not get through).
     """
+    refusal: SignInRefusedError | None = None
+    # The failure's audit row must be committed (the rate limit counts it), so the
+    # refusal is raised after the transaction, never inside it.
     with sessions.begin() as session:
         failures = failed_logins_since(session, username, client, login_window_start(settings.login_window_s))
+        user = user_by_name(session, username)
         if failures >= settings.login_max_failures:
             record_audit(session, username, LOGIN, username, ok=False, client=client, detail={"refused": "rate limited"})
-            raise SignInRefusedError(
+            refusal = SignInRefusedError(
                 f"too many failed sign-ins; try again in {settings.login_window_s:.0f} s", rate_limited=True
             )
-        user = user_by_name(session, username)
-        ok = False
-        try:
-            ok = _hasher.verify(user.password_hash if user and user.password_hash else _DUMMY_HASH, password)
-        except (VerificationError, InvalidHashError):
-            ok = False
-        ok = ok and user is not None and user.password_hash is not None and not user.disabled
-        record_audit(session, username, LOGIN, username, ok=ok, client=client, detail={"method": "password"})
-        if not ok or user is None:
-            raise SignInRefusedError("wrong user name or password, or the user is disabled")
-        if user.password_hash is not None and _hasher.check_needs_rehash(user.password_hash):
-            user.password_hash = _hasher.hash(password)
-        user.last_login_at = utc_now()
-        return actor_of(user, client)
+        else:
+            matched: bool
+            try:
+                matched = _hasher.verify(user.password_hash if user and user.password_hash else _DUMMY_HASH, password)
+            except (VerificationError, InvalidHashError):
+                matched = False
+            ok = matched and user is not None and user.password_hash is not None and not user.disabled
+            record_audit(session, username, LOGIN, username, ok=ok, client=client, detail={"method": "password"})
+            if not ok or user is None:
+                refusal = SignInRefusedError("wrong user name or password, or the user is disabled")
+            else:
+                if user.password_hash is not None and _hasher.check_needs_rehash(user.password_hash):
+                    user.password_hash = _hasher.hash(password)
+                user.last_login_at = utc_now()
+                actor = actor_of(user, client)
+    if refusal is not None:
+        raise refusal
+    return actor
 
 
 def sign_in_oidc(
@@ -196,10 +204,12 @@ def sign_in_oidc(
             record_audit(session, name, "user.add", name, client=client, detail={"role": default_role.value, "via": "oidc"})
         ok = not user.disabled
         record_audit(session, user.username, LOGIN, user.username, ok=ok, client=client, detail={"method": "oidc"})
-        if not ok:
-            raise SignInRefusedError(f"user {user.username!r} is disabled")
-        user.last_login_at = utc_now()
-        return actor_of(user, client)
+        if ok:
+            user.last_login_at = utc_now()
+        actor, name = actor_of(user, client), user.username
+    if not ok:  # raised after the commit: the refused sign-in stays in the audit log
+        raise SignInRefusedError(f"user {name!r} is disabled")
+    return actor
 
 
 def current_actor(sessions: sessionmaker[Session], username: str, client: str | None) -> Actor | None:
