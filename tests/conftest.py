@@ -184,6 +184,7 @@ SLOW = frozenset({
     "pipeline/model/test_training.py::test_fp16_weights_and_a_case_named_twice",  # trains on real cases
     "test_wheel.py",  # builds, installs and runs the wheel
     "viewer/test_ohif_viewer.py",  # `segnode run`, Orthanc and OHIF in headless Chromium (50-90 s)
+    "web/test_dashboard_browser.py",  # a real job through the CPU pipeline, in Chromium (40-60 s)
 })
 
 #: Fixtures that make any test using them slow, wherever the test (or the fixture) moves.
