@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from PIL import Image
 
 from segnode.node.admin.accounts import add_user
 from segnode.node.admin.actors import command_line_actor
@@ -217,4 +218,6 @@ def test_an_operator_follows_a_job_retries_it_after_the_pacs_returns_and_a_viewe
     if os.environ.get("SEGNODE_UPDATE_SCREENSHOTS") == "1":
         for name in ("dashboard-overview", "dashboard-jobs", "dashboard-job-failed", "dashboard-job-done",
                      "dashboard-rules", "dashboard-quarantine", "dashboard-audit", "dashboard-users"):
-            shutil.copyfile(shots / f"{name}.png", DOCS_IMAGES / f"{name}.png")
+            # A 128-colour palette keeps the documentation's pictures small (tens of kB).
+            picture = Image.open(shots / f"{name}.png").convert("RGB")
+            picture.quantize(colors=128).save(DOCS_IMAGES / f"{name}.png", optimize=True)
