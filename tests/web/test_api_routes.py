@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import httpx
+import pydicom
 from fastapi.routing import APIRoute
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select, update
@@ -24,6 +26,7 @@ from segnode.storage.job_states import JobState
 from segnode.storage.jobs import ensure_deliveries
 from segnode.storage.models import (
     AuditEvent,
+    Instance,
     JobDelivery,
     NodeEvent,
     QuarantinedInstance,
@@ -31,6 +34,8 @@ from segnode.storage.models import (
     User,
 )
 from segnode.storage.quarantine import record_quarantine
+from tests.dcmtk_peers import Storescp
+from tests.fixtures.dicom_study import BuiltSeries
 from tests.helpers import free_port, require_shared_data
 from tests.web.conftest import PASSWORD, Dashboard
 
@@ -309,3 +314,54 @@ def test_the_pages_render_for_each_role_and_a_form_without_its_token_is_refused(
     assert dashboard.client().post("/login", data={"username": "ada", "password": PASSWORD, "next": "//evil.example"},
                                    follow_redirects=False).headers["location"] == "/"
 
+
+
+def test_release_sends_a_kept_instance_through_the_listener_and_echo_reaches_a_real_peer(
+    start: Callable[..., Node], tcga_study: dict[str, BuiltSeries], tmp_path: Path
+) -> None:
+    """Real node, real listener, real DCMTK peer: a valid instance kept in quarantine (as the
+    start-up reconciliation keeps an orphan) is released and stored; a malformed one is
+    refused again and stays; C-ECHO answers for a live peer and explains a dead one."""
+    pacs = Storescp(tmp_path / "pacs")
+    dead_port = free_port()
+    try:
+        web_port = free_port()
+        node = start(web={"enabled": True, "port": web_port}, delivery={"destinations": [
+            pacs.destination(name="pacs").model_dump(mode="json"),
+            {"name": "gone", "ae_title": "GONE", "host": "127.0.0.1", "port": dead_port, "timeout_s": 2},
+        ]})
+        good = tcga_study["t1c"].files[0]
+        bad = pydicom.dcmread(good)
+        del bad.StudyInstanceUID
+        bad_path = tmp_path / "bad.dcm"
+        bad.save_as(bad_path)
+        ids = {}
+        for name, path in (("good", good), ("bad", bad_path)):
+            kept = node.store.quarantine(path.read_bytes(), "orphan file (test)", {})
+            with node.sessions.begin() as session:
+                row = record_quarantine(session, reason="orphan file (test)", status_code=0, file_path=str(kept.path),
+                                        sop_instance_uid=None, sop_class_uid=None, calling_ae=None,
+                                        association_id=None)
+                session.flush()
+                ids[name] = row.id
+        password = (node.settings.storage.data_dir / "initial-admin-password").read_text().strip()
+        with httpx.Client(base_url=f"http://127.0.0.1:{web_port}") as client:
+            csrf = client.post("/api/session", json={"username": "admin", "password": password}).json()["csrf_token"]
+            headers = {"X-CSRF-Token": csrf}
+            released = client.post(f"/api/quarantine/{ids['good']}/release", headers=headers).json()
+            assert released == {"id": ids["good"], "released": True, "detail": "accepted by the listener"}
+            again = client.post(f"/api/quarantine/{ids['bad']}/release", headers=headers).json()
+            assert again["released"] is False and "refused again" in again["detail"]
+            entries = {e["id"]: e for e in client.get("/api/quarantine").json()}
+            assert ids["good"] not in entries and ids["bad"] in entries
+            assert any("Study Instance UID" in e["reason"] or "StudyInstanceUID" in e["reason"]
+                       for e in entries.values() if e["id"] != ids["bad"])  # the new refusal, with its reason
+            echo = client.post("/api/destinations/pacs/echo", headers=headers).json()
+            assert echo["ok"] is True and echo["round_trip_ms"] > 0
+            gone = client.post("/api/destinations/gone/echo", headers=headers).json()
+            assert gone["ok"] is False and "cannot connect" in gone["detail"]
+        with node.sessions() as session:
+            stored = session.execute(select(Instance.sop_instance_uid)).scalars().all()
+        assert str(pydicom.dcmread(good, stop_before_pixels=True).SOPInstanceUID) in stored
+    finally:
+        pacs.stop()
