@@ -19,8 +19,6 @@ def serve(
     data_dir: DataDirOption = None,
 ) -> None:
     """Run the DICOM listener, the completion monitor and the job runner until stopped."""
-    from segnode.node.service import serve_forever
-
     listener = {
         key: value
         for key, value in (("host", host), ("port", port), ("ae_title", ae_title))
@@ -28,6 +26,9 @@ def serve(
     }
     settings = settings_or_exit(config, data_dir, {"listener": listener} if listener else {})
     configure_logging(settings.logging.level, settings.logging.format)
+    # Imported after logging is set up: a library's import-time warning becomes a JSON line.
+    from segnode.node.service import serve_forever
+
     # Everything the node and its workers write (job folders included, which are not
     # made through FileStore) is private: owner only, or group-readable with file_group.
     os.umask(0o027 if settings.storage.file_group else 0o077)

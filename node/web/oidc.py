@@ -14,8 +14,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from authlib.integrations.base_client.errors import OAuthError
-from authlib.integrations.starlette_client import OAuth
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from httpx import HTTPError
@@ -37,8 +35,11 @@ def _client(request: Request) -> tuple[Any, OidcSettings]:
     settings = web_context(request).settings.web.oidc
     if not settings.enabled:
         raise NotFoundError("OpenID Connect sign-in is not configured ([web.oidc] enabled = false)")
-    registry: OAuth | None = getattr(request.app.state, "oidc", None)
+    registry = getattr(request.app.state, "oidc", None)
     if registry is None:
+        # Imported on first use: a node without OIDC never loads Authlib.
+        from authlib.integrations.starlette_client import OAuth
+
         registry = OAuth()
         registry.register(
             "provider",
@@ -49,6 +50,13 @@ def _client(request: Request) -> tuple[Any, OidcSettings]:
         )
         request.app.state.oidc = registry
     return registry.provider, settings
+
+
+def _oauth_error() -> type[Exception]:
+    from authlib.integrations.base_client.errors import OAuthError
+
+    error: type[Exception] = OAuthError
+    return error
 
 
 def _refused(request: Request, message: str) -> Response:
@@ -64,7 +72,7 @@ async def oidc_login(request: Request, next: str = "/") -> Response:
     request.session[_NEXT] = next if next.startswith("/") and not next.startswith("//") else "/"
     try:
         response: Response = await provider.authorize_redirect(request, str(request.url_for("oidc_callback")))
-    except (OAuthError, HTTPError, ValueError) as exc:
+    except (_oauth_error(), HTTPError, ValueError) as exc:
         log.warning("oidc: provider unreachable", extra={"error": type(exc).__name__})
         return _refused(request, f"the identity provider cannot be reached: {type(exc).__name__}")
     return response
@@ -78,7 +86,7 @@ async def oidc_callback(request: Request) -> Response:
         return _refused(request, f"the identity provider refused the sign-in: {reason}")
     try:
         token = await provider.authorize_access_token(request)
-    except (OAuthError, HTTPError, ValueError, KeyError) as exc:
+    except (_oauth_error(), HTTPError, ValueError, KeyError) as exc:
         log.warning("oidc: sign-in failed", extra={"error": type(exc).__name__})
         return _refused(request, f"the sign-in could not be completed ({type(exc).__name__}); try again")
     claims = token.get("userinfo") or {}
