@@ -348,4 +348,25 @@ class AuditEvent(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
+class Suspension(Base):
+    """A routing rule or a destination an operator switched off from the dashboard, API or CLI.
+
+    Why in the database and not the TOML: a PACS in maintenance or a rule misfiring must be
+    stopped now, without a restart, and the switch must hold across restarts and be shared
+    by every process of the node. A row present means suspended; resuming deletes it (the
+    audit log keeps both moves).
+    """
+
+    __tablename__ = "suspensions"
+    __table_args__ = (UniqueConstraint("kind", "name", name="uq_suspensions_kind_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    """``rule`` or ``destination``."""
+    name: Mapped[str] = mapped_column(String(128))
+    by: Mapped[str] = mapped_column(String(160))
+    at: Mapped[datetime]
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
 Index("ix_studies_state_last", Study.state, Study.last_received_at)

@@ -1,4 +1,5 @@
-"""The routing rule tester: which rule matches a study's headers, and why.
+"""Routing rules at run time: the tester (which rule matches a study's headers, and why) and
+switching a rule off and on (``suspensions``) without editing the TOML or restarting.
 
 ``segnode rules test PATH`` and the dashboard's rule tester (an uploaded file) both call
 :func:`route_headers`, so the operator sees the decision the completion monitor would make.
@@ -6,14 +7,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TypedDict
 
 from pydicom.dataset import Dataset
+from sqlalchemy.orm import Session, sessionmaker
 
 from segnode.config.settings import Settings
-from segnode.node.completion.routing import SeriesFacts, route_study, rule_keywords
+from segnode.node.admin.actors import Actor
+from segnode.node.admin.errors import ConflictError, NotFoundError
+from segnode.node.completion.routing import SeriesFacts, route_study, rule_keywords, without_rules
 from segnode.node.receiving.header import CAPTURED_KEYWORDS, capture_attributes
+from segnode.storage.audit import record_audit
+from segnode.storage.database import read_only_session
+from segnode.storage.models import Suspension, UserRole
+from segnode.storage.suspensions import resume, suspend, suspended
 
 
 class SeriesReport(TypedDict):
@@ -54,8 +62,10 @@ def route_headers(
     studies: Mapping[str, Mapping[str, Sequence[Dataset]]],
     called_ae: str | None = None,
     calling_ae: str | None = None,
+    suspended_rules: Collection[str] = (),
 ) -> list[StudyReport]:
-    """Route each study as the node would, had it arrived at ``called_ae`` from ``calling_ae``."""
+    """Route each study as the node would, had it arrived at ``called_ae`` from ``calling_ae``
+    (without ``suspended_rules``, as the node routes while they are suspended)."""
     keywords = CAPTURED_KEYWORDS + rule_keywords(settings.routing)
     called = called_ae or settings.listener.ae_title
     report: list[StudyReport] = []
@@ -69,7 +79,7 @@ def route_headers(
             )
             for series_uid, items in series.items()
         }
-        decision = route_study(settings.routing, list(facts.values()))
+        decision = route_study(without_rules(settings.routing, suspended_rules), list(facts.values()))
         report.append(
             {
                 "study_instance_uid": study_uid,
@@ -91,3 +101,34 @@ def route_headers(
             }
         )
     return report
+
+
+def suspended_rules(sessions: sessionmaker[Session]) -> dict[str, Suspension]:
+    with read_only_session(sessions) as session:
+        return suspended(session, "rule")
+
+
+def disable_rule(
+    settings: Settings, sessions: sessionmaker[Session], actor: Actor, name: str, reason: str | None = None
+) -> None:
+    """Skip rule ``name`` from the next completion tick on (the next rules decide instead)."""
+    actor.require(UserRole.ADMIN, "disabling a routing rule")
+    _require_rule(settings, name)
+    with sessions.begin() as session:
+        if not suspend(session, "rule", name, actor.name, reason):
+            raise ConflictError(f"rule {name!r} is already disabled")
+        record_audit(session, actor.name, "rule.disable", name, client=actor.client, detail={"reason": reason})
+
+
+def enable_rule(settings: Settings, sessions: sessionmaker[Session], actor: Actor, name: str) -> None:
+    actor.require(UserRole.ADMIN, "enabling a routing rule")
+    _require_rule(settings, name)
+    with sessions.begin() as session:
+        if not resume(session, "rule", name):
+            raise ConflictError(f"rule {name!r} is not disabled")
+        record_audit(session, actor.name, "rule.enable", name, client=actor.client)
+
+
+def _require_rule(settings: Settings, name: str) -> None:
+    if not any(rule.name == name for rule in settings.routing.rules):
+        raise NotFoundError(f"no routing rule {name!r}")

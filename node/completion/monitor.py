@@ -25,7 +25,7 @@ from segnode.config.settings import (
     RoutingSettings,
     SelectionSettings,
 )
-from segnode.node.completion.routing import RoutingDecision, SeriesFacts, route_study
+from segnode.node.completion.routing import RoutingDecision, SeriesFacts, route_study, without_rules
 from segnode.node.completion.rule import (
     CompletionDecision,
     SeriesTiming,
@@ -48,6 +48,7 @@ from segnode.storage.studies import (
     receiving_study_ids,
     record_deadline_passed,
 )
+from segnode.storage.suspensions import suspended
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +169,9 @@ class CompletionMonitor:
             study = receiving_study(session, study_id)
             if study is None:
                 return None
-            route = route_study(self._routing, self._series_facts(study))
+            # A rule suspended from the dashboard is skipped from the next tick on.
+            routing = without_rules(self._routing, suspended(session, "rule"))
+            route = route_study(routing, self._series_facts(study))
             policy = self._completion.profiles[route.completion_profile]
             # Identified once per evaluation: the roles decide completion, and the same
             # identification is recorded with the job when the study fires.

@@ -9,7 +9,7 @@ reasons, so ``segnode rules test`` and the study record can say why.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,6 +116,13 @@ def evaluate_rule(rule: RoutingRule, facts: SeriesFacts) -> RuleEvaluation:
         reasons.extend(f"any_of: {reason}" for _, reason in results)
         matched &= any(ok for ok, _ in results)
     return RuleEvaluation(rule.name, matched, reasons)
+
+
+def without_rules(routing: RoutingSettings, suspended: Collection[str]) -> RoutingSettings:
+    """The routing with the suspended rules left out (the rest keep their order)."""
+    if not suspended:
+        return routing
+    return routing.model_copy(update={"rules": [r for r in routing.rules if r.name not in suspended]})
 
 
 def route_study(routing: RoutingSettings, series: Sequence[SeriesFacts]) -> RoutingDecision:

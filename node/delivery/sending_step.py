@@ -28,6 +28,7 @@ from segnode.pipeline.workspace import Results, Workspace
 from segnode.storage.job_states import JobState
 from segnode.storage.jobs import append_job_event, ensure_deliveries
 from segnode.storage.models import DeliveryState, JobDelivery, utc_now
+from segnode.storage.suspensions import suspended
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,10 @@ def _attempt(
     )
 
 
+PAUSED_RECHECK_S = 5.0
+"""How often a job waiting on a suspended destination looks whether it was resumed."""
+
+
 def send_results(
     sessions: sessionmaker[Session],
     job_id: int,
@@ -138,10 +143,12 @@ def _send_due(
     destinations = {destination.name: destination for destination in settings.destinations}
     with sessions.begin() as session:
         rows = ensure_deliveries(session, job_id, destinations)
+        paused = set(suspended(session, "destination"))
         due = [
             row.id
             for row in rows
             if row.state == DeliveryState.PENDING
+            and row.destination not in paused  # held, not failed, until it is resumed
             and (row.next_attempt_at is None or row.next_attempt_at <= utc_now())
         ]
     results: Results | None = None
@@ -156,7 +163,12 @@ def _send_due(
             _attempt(session, row, destination, files_for(results, destination), settings, utc_now())
     with sessions.begin() as session:
         rows = ensure_deliveries(session, job_id, destinations)
-        pending = [row.next_attempt_at or utc_now() for row in rows if row.state == DeliveryState.PENDING]
+        recheck = utc_now() + timedelta(seconds=PAUSED_RECHECK_S)
+        pending = [
+            recheck if row.destination in paused else row.next_attempt_at or utc_now()
+            for row in rows
+            if row.state == DeliveryState.PENDING
+        ]
         return SendingOutcome(
             pending_until=min(pending) if pending else None,
             failures={

@@ -13,11 +13,11 @@ from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
-from segnode.node.admin import accounts, destinations, jobs, models, quarantine, studies
+from segnode.node.admin import accounts, destinations, jobs, models, quarantine, rules, studies
 from segnode.node.admin import audit as audit_log
 from segnode.node.admin.actors import Actor
 from segnode.node.admin.errors import InvalidInputError
-from segnode.node.admin.rules import StudyReport, group_headers, route_headers
+from segnode.node.admin.rules import StudyReport, group_headers
 from segnode.node.admin.status import node_status
 from segnode.node.web.context import WebContext
 from segnode.node.web.preview import preview_file, preview_index
@@ -36,6 +36,10 @@ class RetryRequest(BaseModel):
 
 class CancelRequest(BaseModel):
     reason: str | None = None
+
+
+class Suspend(BaseModel):
+    reason: str | None = Field(None, max_length=500)
 
 
 class NewUser(BaseModel):
@@ -125,6 +129,16 @@ def echo_destination(name: str, actor: Who, ctx: Ctx) -> dict[str, Any]:
             "round_trip_ms": result.round_trip_ms}
 
 
+@router.post("/destinations/{name}/pause", status_code=204)
+def pause_destination(name: str, actor: Who, ctx: Ctx, body: Suspend | None = None) -> None:
+    destinations.pause(ctx.settings, ctx.sessions, actor, name, body.reason if body else None)
+
+
+@router.post("/destinations/{name}/resume", status_code=204)
+def resume_destination(name: str, actor: Who, ctx: Ctx) -> None:
+    destinations.resume_destination(ctx.settings, ctx.sessions, actor, name)
+
+
 @router.get("/quarantine")
 def get_quarantine(actor: Who, ctx: Ctx) -> list[dict[str, Any]]:
     return [row.to_json() for row in quarantine.entries(ctx.sessions)]
@@ -149,7 +163,21 @@ def delete_quarantined(entry_id: int, actor: Who, ctx: Ctx) -> None:
 
 @router.get("/rules")
 def get_rules(actor: Who, ctx: Ctx) -> list[dict[str, Any]]:
-    return [rule.model_dump(mode="json") for rule in ctx.settings.routing.rules]
+    off = rules.suspended_rules(ctx.sessions)
+    return [
+        {**rule.model_dump(mode="json"), "disabled_by": off[rule.name].by if rule.name in off else None}
+        for rule in ctx.settings.routing.rules
+    ]
+
+
+@router.post("/rules/{name}/disable", status_code=204)
+def disable_rule(name: str, actor: Who, ctx: Ctx, body: Suspend | None = None) -> None:
+    rules.disable_rule(ctx.settings, ctx.sessions, actor, name, body.reason if body else None)
+
+
+@router.post("/rules/{name}/enable", status_code=204)
+def enable_rule(name: str, actor: Who, ctx: Ctx) -> None:
+    rules.enable_rule(ctx.settings, ctx.sessions, actor, name)
 
 
 @router.post("/rules/test")
@@ -163,7 +191,9 @@ async def test_rules(
     headers, unreadable = await read_uploaded_headers(files)
     if not headers:
         raise InvalidInputError(f"none of the {len(files)} uploaded file(s) is a DICOM instance")
-    report: list[StudyReport] = route_headers(ctx.settings, group_headers(headers), called_ae, calling_ae)
+    report: list[StudyReport] = rules.route_headers(
+        ctx.settings, group_headers(headers), called_ae, calling_ae, rules.suspended_rules(ctx.sessions)
+    )
     return {"studies": report, "unreadable_files": unreadable}
 
 

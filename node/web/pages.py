@@ -16,11 +16,11 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from segnode.node.admin import accounts, destinations, jobs, models, quarantine, studies
+from segnode.node.admin import accounts, destinations, jobs, models, quarantine, rules, studies
 from segnode.node.admin import audit as audit_log
 from segnode.node.admin.actors import Actor
 from segnode.node.admin.errors import AdminError
-from segnode.node.admin.rules import group_headers, route_headers
+from segnode.node.admin.rules import group_headers
 from segnode.node.admin.status import node_status
 from segnode.node.web.context import WebContext
 from segnode.node.web.preview import preview_index
@@ -193,6 +193,18 @@ def echo_destination(name: str, request: Request, actor: Who, ctx: Ctx) -> Respo
     return _act(request, "/destinations", f"{name}: C-ECHO success ({{outcome}})", run)
 
 
+@router.post("/destinations/{name}/pause")
+def pause_destination(name: str, request: Request, actor: Who, ctx: Ctx) -> Response:
+    return _act(request, "/destinations", f"{name}: paused; its deliveries wait until it is resumed",
+                lambda: destinations.pause(ctx.settings, ctx.sessions, actor, name))
+
+
+@router.post("/destinations/{name}/resume")
+def resume_destination(name: str, request: Request, actor: Who, ctx: Ctx) -> Response:
+    return _act(request, "/destinations", f"{name}: resumed; waiting deliveries go out within seconds",
+                lambda: destinations.resume_destination(ctx.settings, ctx.sessions, actor, name))
+
+
 @router.get("/quarantine")
 def quarantine_page(request: Request, actor: Who, ctx: Ctx) -> Response:
     template = "_quarantine.html" if request.query_params.get("partial") == "1" else "quarantine.html"
@@ -217,7 +229,23 @@ def delete_quarantined(entry_id: int, request: Request, actor: Who, ctx: Ctx) ->
 
 @router.get("/rules")
 def rules_page(request: Request, actor: Who, ctx: Ctx) -> Response:
-    return render(request, "rules.html", {"rules": ctx.settings.routing.rules, "report": None}, actor=actor)
+    return render(
+        request, "rules.html",
+        {"rules": ctx.settings.routing.rules, "report": None, "disabled": rules.suspended_rules(ctx.sessions)},
+        actor=actor,
+    )
+
+
+@router.post("/rules/{name}/disable")
+def disable_rule(name: str, request: Request, actor: Who, ctx: Ctx) -> Response:
+    return _act(request, "/rules", f"rule {name!r} disabled: studies are routed by the next rules",
+                lambda: rules.disable_rule(ctx.settings, ctx.sessions, actor, name))
+
+
+@router.post("/rules/{name}/enable")
+def enable_rule(name: str, request: Request, actor: Who, ctx: Ctx) -> Response:
+    return _act(request, "/rules", f"rule {name!r} enabled",
+                lambda: rules.enable_rule(ctx.settings, ctx.sessions, actor, name))
 
 
 @router.post("/rules")
@@ -230,11 +258,15 @@ async def rules_tester(
     calling_ae: Annotated[str, Form()] = "",
 ) -> Response:
     headers, unreadable = await read_uploaded_headers(files)
-    report = route_headers(ctx.settings, group_headers(headers), called_ae or None, calling_ae or None)
+    disabled = rules.suspended_rules(ctx.sessions)
+    report = rules.route_headers(
+        ctx.settings, group_headers(headers), called_ae or None, calling_ae or None, disabled
+    )
     error = None if headers else f"none of the {len(files)} file(s) is a DICOM instance"
     return render(
         request, "rules.html",
         {"rules": ctx.settings.routing.rules, "report": report, "unreadable": unreadable, "error": error,
+         "disabled": disabled,
          "files": [f.filename for f in files]},
         actor=actor,
         status_code=200 if headers else 422,

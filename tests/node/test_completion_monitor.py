@@ -17,9 +17,10 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from segnode.config.settings import Settings
+from segnode.node.admin import rules as admin_rules
 from segnode.node.admin import studies as admin_studies
 from segnode.node.admin.actors import Actor
-from segnode.node.admin.errors import ConflictError
+from segnode.node.admin.errors import ConflictError, PermissionDeniedError
 from segnode.node.completion.monitor import CompletionMonitor
 from segnode.node.receiving.receiver import InstanceReceiver, Sender
 from segnode.node.service import open_storage
@@ -242,3 +243,18 @@ def test_an_operator_completes_a_waiting_study_and_the_monitor_fires_it_once(mak
     with pytest.raises(ConflictError, match="only a receiving study"):
         admin_studies.force_complete(h.sessions, operator, study.id)
     assert h.tick_after(120) == []
+
+
+def test_a_disabled_rule_is_skipped_from_the_next_tick_and_enabled_again(make_settings) -> None:
+    h = harness(make_settings)
+    admin = Actor("ada", UserRole.ADMIN)
+    admin_rules.disable_rule(h.settings, h.sessions, admin, "brain-mr", "misfiring on fMRI")
+    with pytest.raises(PermissionDeniedError):
+        admin_rules.enable_rule(h.settings, h.sessions, Actor("otto", UserRole.OPERATOR), "brain-mr")
+    h.receive_folder("siemens_prisma_E11_t1_fl2d_sag_HFS")
+    [outcome] = h.tick_after(61)
+    assert outcome.new_state == "ignored" and h.jobs() == []  # brain-mr skipped: no rule matched
+    admin_rules.enable_rule(h.settings, h.sessions, admin, "brain-mr")
+    with h.sessions() as session:
+        actions = session.execute(select(AuditEvent.action).order_by(AuditEvent.id)).scalars().all()
+    assert actions == ["rule.disable", "rule.enable"]

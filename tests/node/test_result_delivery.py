@@ -13,15 +13,18 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from segnode.config.settings import Settings
+from segnode.node.admin import destinations as admin_destinations
+from segnode.node.admin.actors import Actor
+from segnode.node.delivery.sending_step import PAUSED_RECHECK_S
 from segnode.node.jobs.runner import JobRunner, job_workspace
 from segnode.node.service import open_storage
 from segnode.pipeline.workspace import RegionVolumes, ResultObject, Results
 from segnode.storage.job_states import JobState
 from segnode.storage.jobs import create_job
-from segnode.storage.models import Job, JobDelivery, JobEvent, Study, utc_now
+from segnode.storage.models import AuditEvent, Job, JobDelivery, JobEvent, Study, UserRole, utc_now
 from tests.dcmtk_peers import Storescp
 from tests.helpers import free_port, require_shared_data
 
@@ -114,3 +117,35 @@ def test_each_destination_is_tracked_and_a_delivered_one_is_not_sent_again(
     assert job.error is not None and "refusing:" in job.error and "down: gave up after 2 attempts" in job.error
     assert rows["accepting"].attempts == 1 and kinds.count("delivered") == 1
     assert kinds.count("delivery_retry") == 1 and kinds.count("delivery_failed") == 2
+
+
+def test_a_paused_destination_holds_its_deliveries_until_it_is_resumed(
+    make_settings: Callable[..., Settings], peers: dict[str, Storescp]
+) -> None:
+    files = sorted((require_shared_data() / "siemens_prisma_E11_t1_fl2d_sag_HFS").iterdir())[:3]
+    settings = make_settings(
+        delivery={"destinations": [peers["accepting"].destination(name="pacs").model_dump()]}
+    )
+    runner, job_id = sending_job(settings, files)
+    sessions = runner._sessions
+    operator = Actor("otto", UserRole.OPERATOR, "127.0.0.1")
+    admin_destinations.pause(settings, sessions, operator, "pacs", "PACS upgrade tonight")
+
+    runner.run_job(job_id)  # held: nothing sent, nothing failed, the job waits in sending
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        row = session.execute(select(JobDelivery)).scalar_one()
+        assert job is not None and job.state == "sending" and job.next_attempt_at is not None
+        assert 0 < (job.next_attempt_at - utc_now()).total_seconds() <= PAUSED_RECHECK_S
+    assert (row.state, row.attempts) == ("pending", 0)
+    assert peers["accepting"].received() == {}
+
+    admin_destinations.resume_destination(settings, sessions, operator, "pacs")
+    with sessions.begin() as session:  # the recheck is due (as it will be within 5 s)
+        session.execute(update(Job).where(Job.id == job_id).values(next_attempt_at=utc_now()))
+    runner.run_job(job_id)
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        audit = session.execute(select(AuditEvent.action).order_by(AuditEvent.id)).scalars().all()
+    assert job is not None and job.state == "done" and len(peers["accepting"].received()) == 3
+    assert audit == ["destination.pause", "destination.resume"]

@@ -14,13 +14,18 @@ from pathlib import Path
 import httpx
 import pydicom
 from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select, update
 from starlette.routing import BaseRoute
 from typer.testing import CliRunner
 
+from segnode.config.settings import load_settings
+from segnode.node.admin.accounts import add_user
+from segnode.node.admin.actors import command_line_actor
 from segnode.node.cli import app as cli_app
-from segnode.node.service import Node
+from segnode.node.service import Node, open_storage
+from segnode.node.web.app import create_app
 from segnode.storage.filestore import FileStore
 from segnode.storage.job_states import JobState
 from segnode.storage.jobs import ensure_deliveries
@@ -32,6 +37,7 @@ from segnode.storage.models import (
     QuarantinedInstance,
     Study,
     User,
+    UserRole,
 )
 from segnode.storage.quarantine import record_quarantine
 from tests.dcmtk_peers import Storescp
@@ -365,3 +371,43 @@ def test_release_sends_a_kept_instance_through_the_listener_and_echo_reaches_a_r
         assert str(pydicom.dcmread(good, stop_before_pixels=True).SOPInstanceUID) in stored
     finally:
         pacs.stop()
+
+
+def test_rules_are_disabled_by_admins_only_and_the_tester_follows(dashboard: Dashboard) -> None:
+    path = sorted((require_shared_data() / "ge_mr750_3T_axial_EPI_human").glob("*.dcm"))[0]
+    operator, csrf_o = dashboard.signed_in("otto")
+    assert operator.post("/api/rules/brain-mr/disable", headers={"X-CSRF-Token": csrf_o}).status_code == 403
+    admin, csrf = dashboard.signed_in("ada")
+    headers = {"X-CSRF-Token": csrf}
+    assert admin.post("/api/rules/brain-mr/disable", json={"reason": "fMRI flood"}, headers=headers).status_code == 204
+    assert admin.post("/api/rules/brain-mr/disable", headers=headers).status_code == 409
+    assert admin.post("/api/rules/nope/disable", headers=headers).status_code == 404
+    listed = {rule["name"]: rule["disabled_by"] for rule in admin.get("/api/rules").json()}
+    assert listed == {"radiologist-push": None, "brain-mr": "ada"}
+    tested = admin.post("/api/rules/test", files={"files": (path.name, path.read_bytes())}, headers=headers).json()
+    assert tested["studies"][0]["action"] == "ignore" and tested["studies"][0]["rule"] is None
+    assert "brain-mr" in admin.get("/rules").text and "disabled" in admin.get("/rules").text
+    assert admin.post("/api/rules/brain-mr/enable", headers=headers).status_code == 204
+    audit = [(r.action, r.target, r.detail) for r in _audit(dashboard) if r.action.startswith("rule.")]
+    assert audit == [("rule.disable", "brain-mr", {"reason": "fMRI flood"}), ("rule.enable", "brain-mr", {})]
+
+
+def test_an_operator_pauses_and_resumes_a_destination_a_viewer_cannot(tmp_path: Path) -> None:
+    settings = load_settings(None, {"storage": {"data_dir": str(tmp_path)}, "delivery": {"destinations": [
+        {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": free_port()}]}})
+    _, sessions, _ = open_storage(settings)
+    for name, role in (("vera", UserRole.VIEWER), ("otto", UserRole.OPERATOR)):
+        add_user(sessions, command_line_actor(), name, role, PASSWORD)
+    with TestClient(create_app(settings, sessions, None)) as client:
+        def sign(name: str) -> dict[str, str]:
+            csrf = client.post("/api/session", json={"username": name, "password": PASSWORD}).json()["csrf_token"]
+            return {"X-CSRF-Token": csrf}
+        assert client.post("/api/destinations/pacs/pause", headers=sign("vera")).status_code == 403
+        headers = sign("otto")
+        assert client.post("/api/destinations/pacs/pause", headers=headers).status_code == 204
+        assert client.get("/api/destinations").json()[0]["paused_by"] == "otto"
+        assert "paused" in client.get("/destinations").text
+        assert client.post("/api/destinations/pacs/resume", headers=headers).status_code == 204
+        assert client.post("/api/destinations/pacs/resume", headers=headers).status_code == 409
+        assert client.post("/api/destinations/nope/pause", headers=headers).status_code == 404
+        assert client.get("/api/destinations").json()[0]["paused_by"] is None
