@@ -31,6 +31,7 @@ from pydantic_settings import (
 from pydicom.datadict import tag_for_keyword
 
 from segnode.config.destinations import DEFAULT_PROTOCOL, DeliverySettings, destination_problem
+from segnode.config.distributed import DistributedSettings
 from segnode.config.errors import ConfigError
 from segnode.config.fields import AeTitle, Port, PositiveSeconds, Section
 from segnode.config.quality import QualitySettings
@@ -473,6 +474,10 @@ class JobSettings(Section):
     initial_backoff_s: PositiveSeconds = 10.0
     max_backoff_s: PositiveSeconds = 300.0
     poll_interval_s: PositiveSeconds = 1.0
+    executor: Literal["local", "celery"] = "local"
+    """``local``: the steps run in this node's worker processes (one machine). ``celery``:
+    the node publishes each worker step to ``[distributed]``'s broker and ``segnode worker``
+    processes on any machine run it (PostgreSQL and a shared data folder required)."""
 
 
 class LoggingSettings(Section):
@@ -506,6 +511,7 @@ class Settings(BaseSettings):
     delivery: DeliverySettings = DeliverySettings()
     jobs: JobSettings = JobSettings()
     web: WebSettings = WebSettings()
+    distributed: DistributedSettings = DistributedSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @model_validator(mode="before")
@@ -552,6 +558,16 @@ class Settings(BaseSettings):
         titles = [peer.ae_title for peer in self.peers]
         if len(set(titles)) != len(titles):
             raise ValueError("peers: each AE title may be listed once")
+        if self.jobs.executor == "celery" and not self.storage.database_url.startswith(
+            "postgresql"
+        ):
+            raise ValueError(
+                'jobs.executor = "celery" needs PostgreSQL (storage.database_url = '
+                '"postgresql+psycopg://..."): the node and every worker share the job rows, '
+                "and SQLite on one machine's disk cannot be shared"
+            )
+        if self.distributed.cpu_queue == self.distributed.gpu_queue:
+            raise ValueError("distributed: cpu_queue and gpu_queue must differ")
         return self
 
     @classmethod

@@ -115,11 +115,17 @@ def attach_series(session: Session, job: Job, series_ids: Iterable[int], reason:
 # -- what the runner reads ---------------------------------------------------------------
 
 
-def runnable_job_ids(session: Session, now: datetime, exclude: Iterable[int] = ()) -> list[int]:
-    """Jobs with a step due now, oldest first (``exclude``: the ones already running)."""
+def runnable_job_ids(
+    session: Session,
+    now: datetime,
+    exclude: Iterable[int] = (),
+    states: Iterable[JobState] = ACTIVE,
+) -> list[int]:
+    """Jobs with a step due now, oldest first (``exclude``: the ones already running;
+    ``states``: only jobs in these, e.g. the node's own steps when workers run the rest)."""
     query = (
         select(Job.id)
-        .where(Job.state.in_(ACTIVE))
+        .where(Job.state.in_(tuple(states)))
         .where(or_(Job.next_attempt_at.is_(None), Job.next_attempt_at <= now))
         .order_by(Job.id)
     )
@@ -216,6 +222,7 @@ def advance_job(
         "updated_at": now,
         "step_attempt": 0,
         "next_attempt_at": None,
+        **RELEASED_CLAIM,
         **columns,
     }
     if to in TERMINAL:
@@ -281,12 +288,13 @@ def postpone_step(
     duration_s: float | None,
 ) -> bool:
     """A transient failure: the same step runs again at ``retry_at``; False if the job moved."""
-    job = _locked_job(session, job_id)
+    job = locked_job(session, job_id)
     if job is None or job.state != expected:
         return False
     job.step_attempt += 1
     job.next_attempt_at = retry_at
     job.updated_at = utc_now()
+    _release(job)
     append_job_event(
         session,
         job_id,
@@ -360,6 +368,7 @@ def cancel_job(session: Session, job_id: int, reason: str) -> Job:
         None,
     )
     job.failed_step = previous.value  # where `segnode jobs retry` resumes
+    _release(job)  # a worker still running the step finds it no longer holds it
     append_job_event(
         session, job_id, JobState.CANCELLED.value, {"from": previous.value, "reason": reason}
     )
@@ -394,6 +403,7 @@ def retry_job(session: Session, job_id: int, from_step: JobState | None = None) 
     job.failed_step = None
     job.error = None
     job.updated_at = utc_now()
+    _release(job)
     for delivery in job.deliveries:
         if delivery.state == DeliveryState.FAILED:
             delivery.state = DeliveryState.PENDING.value
@@ -408,7 +418,21 @@ def retry_job(session: Session, job_id: int, from_step: JobState | None = None) 
     return job
 
 
-def _locked_job(session: Session, job_id: int) -> Job | None:
+#: The claim columns as every move leaves them: nobody runs the new step yet, and its
+#: message is due now (``segnode.storage.step_claims``; unused by the embedded executor).
+RELEASED_CLAIM: dict[str, Any] = {
+    "step_owner": None,
+    "step_lease_until": None,
+    "dispatch_due_at": None,
+}
+
+
+def _release(job: Job) -> None:
+    for column, value in RELEASED_CLAIM.items():
+        setattr(job, column, value)
+
+
+def locked_job(session: Session, job_id: int) -> Job | None:
     """The job as committed now, its row locked until the transaction ends.
 
     Why locked: the runner's conditional UPDATE and an operator's command may race; on
@@ -419,7 +443,7 @@ def _locked_job(session: Session, job_id: int) -> Job | None:
 
 
 def _get_job(session: Session, job_id: int) -> Job:
-    job = _locked_job(session, job_id)
+    job = locked_job(session, job_id)
     if job is None:
         raise JobStateError(f"no job {job_id}")
     return job

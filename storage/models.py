@@ -221,6 +221,12 @@ class Job(Base):
     quality_flags: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     """The raised flags: ``{"check", "role", "summary"}`` each (``pipeline/quality/record.py``)."""
     finished_at: Mapped[datetime | None]
+    step_owner: Mapped[str | None] = mapped_column(String(200))
+    """Who runs the current step now (a worker's name; distributed executor only)."""
+    step_lease_until: Mapped[datetime | None]
+    """Until when ``step_owner``'s claim holds unless renewed; past it, another may take over."""
+    dispatch_due_at: Mapped[datetime | None]
+    """When the node publishes the current step's message (again) if nobody claimed it."""
 
     events: Mapped[list[JobEvent]] = relationship(order_by="JobEvent.id")
     deliveries: Mapped[list[JobDelivery]] = relationship(order_by="JobDelivery.id")
@@ -370,3 +376,21 @@ class Suspension(Base):
 
 
 Index("ix_studies_state_last", Study.state, Study.last_received_at)
+
+
+class Worker(Base):
+    """One ``segnode worker`` process group (Celery worker) and its heartbeat."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(200))
+    queues: Mapped[str] = mapped_column(String(200))
+    """The resource queues it consumes, comma-separated (``cpu``, ``gpu``)."""
+    concurrency: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime]
+    heartbeat_at: Mapped[datetime]
+    stopped_at: Mapped[datetime | None]
+    """Set by a clean stop; a worker that died keeps its last heartbeat and shows as lost."""
+    steps_done: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    steps_failed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

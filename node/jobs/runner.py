@@ -17,8 +17,13 @@ The machine itself (states, steps, next states, which errors are transient) is t
 ``segnode.storage.job_states``; every read and move of a job is a ``segnode.storage.jobs``
 function, so this module holds the policy (threads, backoff, the inference lock) and no SQL.
 
-One runner per database: jobs are claimed in memory. A site that outgrows one machine
-runs the same ``segnode.pipeline.steps.run_step`` on a distributed engine instead.
+Two executors (``jobs.executor``). ``local``, the default: this runner runs every step,
+the pipeline's in its worker pool, and claims jobs in memory (one runner per database).
+``celery``: the runner runs only the node's own steps (gathering inputs, sending), and
+claims each in the database (``segnode.storage.step_claims``) so that several nodes may
+share one; the pipeline's steps are published to Celery workers by
+``segnode.node.distributed.dispatcher`` and recorded by them through the same
+``segnode.node.jobs.outcomes``.
 """
 
 from __future__ import annotations
@@ -27,38 +32,39 @@ import contextlib
 import logging
 import threading
 import time
-from dataclasses import dataclass
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from segnode.config.settings import Settings
-from segnode.node.backoff import backoff_delay_s
 from segnode.node.delivery import wanted_output_kinds
 from segnode.node.delivery.sending_step import send_results
+from segnode.node.jobs.claim_keeper import ClaimKeeper
+from segnode.node.jobs.outcomes import StepOutcome, record_step_error, record_step_result
 from segnode.node.jobs.worker_pool import PoolStatus, WorkerPool
 from segnode.node.logs import log_context
-from segnode.pipeline.errors import PipelineError, SequencesMissingError
 from segnode.pipeline.steps import StepSettings, run_step, warm_up
 from segnode.pipeline.workspace import Inputs, Workspace
 from segnode.storage.filestore import FileStore
-from segnode.storage.job_states import NEXT_STATE, STEP_FOR_STATE, TRANSIENT_ERRORS, JobState
+from segnode.storage.job_states import (
+    ACTIVE,
+    NEXT_STATE,
+    STEP_FOR_STATE,
+    TRANSIENT_ERRORS,
+    JobState,
+)
 from segnode.storage.jobs import (
     advance_job,
-    conclude_not_applicable,
     fail_job,
     job_input_files,
     job_progress,
     job_series_ids,
     postpone_sending,
-    postpone_step,
-    record_models,
-    record_quality,
     runnable_job_ids,
 )
-from segnode.storage.models import utc_now
+from segnode.storage.models import Job, utc_now
+from segnode.storage.step_claims import Claim, claim_step, current_order
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +74,17 @@ def job_workspace(store: FileStore, job_id: int) -> Workspace:
     return Workspace(store.data_dir / "jobs" / str(job_id))
 
 
-@dataclass(frozen=True)
-class _StepOutcome:
-    record: dict[str, Any]
-    duration_s: float
+#: The states whose step runs in the node's process whatever the executor: they need the
+#: database (gathering a job's inputs) or the network (sending its results).
+NODE_STATES: tuple[JobState, ...] = (JobState.RECEIVED, JobState.SENDING)
 
 
 class JobRunner:
-    """Runs every job that is due; :meth:`wake` makes it look now instead of at the next poll."""
+    """Runs every job that is due; :meth:`wake` makes it look now instead of at the next poll.
+
+    ``claim_owner`` set (the distributed executor): only :data:`NODE_STATES` run here, each
+    under a claim in the database held by that name; without it every state runs here.
+    """
 
     def __init__(
         self,
@@ -83,12 +92,17 @@ class JobRunner:
         sessions: sessionmaker[Session],
         store: FileStore,
         pool: WorkerPool | None = None,
+        claim_owner: str | None = None,
     ) -> None:
         self._settings = settings
         self._sessions = sessions
         self._store = store
-        self._pool = pool or WorkerPool(
-            settings.jobs.workers, settings.logging.level, settings.logging.format
+        self._claim_owner = claim_owner
+        self._states: tuple[JobState, ...] = ACTIVE if claim_owner is None else NODE_STATES
+        self._pool = (
+            pool or WorkerPool(settings.jobs.workers, settings.logging.level, settings.logging.format)
+            if claim_owner is None
+            else None
         )
         self._step_settings = StepSettings.from_settings(settings, wanted_output_kinds(settings))
         self._inference_lock = threading.Lock()
@@ -100,7 +114,7 @@ class JobRunner:
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        if self._settings.jobs.warm_workers:
+        if self._pool is not None and self._settings.jobs.warm_workers:
             self._pool.warm(warm_up, self._step_settings)
         for index in range(self._settings.jobs.workers):
             thread = threading.Thread(target=self._loop, name=f"job-runner-{index}", daemon=True)
@@ -108,6 +122,10 @@ class JobRunner:
             self._threads.append(thread)
 
     def pool_status(self) -> PoolStatus:
+        """The local worker pool's status; with the distributed executor there is none
+        (the workers' health is their heartbeat rows, ``segnode.storage.workers``)."""
+        if self._pool is None:
+            return PoolStatus(0, "distributed", 0)
         return self._pool.status()
 
     def wake(self) -> None:
@@ -116,7 +134,8 @@ class JobRunner:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        self._pool.close()
+        if self._pool is not None:
+            self._pool.close()
         for thread in self._threads:
             thread.join(timeout=10)
 
@@ -139,69 +158,67 @@ class JobRunner:
 
     def _claim(self) -> int | None:
         with self._claim_lock, self._sessions() as session:
-            for job_id in runnable_job_ids(session, utc_now(), exclude=self._claimed):
+            for job_id in runnable_job_ids(
+                session, utc_now(), exclude=self._claimed, states=self._states
+            ):
                 self._claimed.add(job_id)
                 return job_id
         return None
 
     # -- one job ---------------------------------------------------------------------------
     def run_job(self, job_id: int) -> None:
-        """Run the job's steps until it finishes, fails, waits for a retry or is cancelled."""
+        """Run the job's steps until it finishes, fails, waits for a retry or is cancelled
+        (or, with the distributed executor, reaches a step that workers run)."""
         workspace = job_workspace(self._store, job_id)
         while not self._stop.is_set():
             with self._sessions() as session:
                 progress = job_progress(session, job_id)
-            if progress is None or not progress.due(utc_now()):
-                return  # gone, finished, or waiting out a backoff
-            state = progress.state
-            if state is JobState.SENDING:
-                if not self._send(job_id, workspace):
+            if progress is None or not progress.due(utc_now()) or progress.state not in self._states:
+                return  # gone, finished, waiting out a backoff, or the workers' to run
+            if self._claim_owner is None:
+                if not self._run_one(job_id, progress.state, workspace):
                     return
                 continue
-            started = time.perf_counter()
-            try:
-                outcome = self._run_state(job_id, state, workspace)
-            except SequencesMissingError as exc:
-                self._not_applicable(job_id, state, exc, time.perf_counter() - started)
-                return
-            except PipelineError as exc:
-                self._fail(job_id, state, f"{state.value}: {exc}", time.perf_counter() - started)
-                return
-            except TRANSIENT_ERRORS as exc:
-                if self._stop.is_set():  # the node is stopping: the step runs again at start
-                    return
-                self._transient(job_id, state, exc, time.perf_counter() - started)
-                return
-            except Exception as exc:
-                log.exception("step crashed", extra={"job_id": job_id, "step": state.value})
-                self._fail(
-                    job_id,
-                    state,
-                    f"{state.value}: unexpected {type(exc).__name__}: {exc}",
-                    time.perf_counter() - started,
-                )
-                return
             with self._sessions.begin() as session:
-                if state is JobState.RECEIVED and set(
-                    outcome.record["series_ids"]
-                ) != job_series_ids(session, job_id):
-                    continue  # a late series was attached while the inputs were gathered: again
-                if state is JobState.INFERRING:
-                    inference = workspace.read_inference()
-                    record_models(
-                        session,
-                        job_id,
-                        [m.id for m in inference.models],
-                        inference.primary_model.sha256,
-                    )
-                if state is JobState.WRITING and workspace.quality_path.is_file():
-                    quality = workspace.read_quality()
-                    record_quality(
-                        session,
-                        job_id,
-                        quality.review_recommended,
-                        [flag.model_dump(mode="json", exclude_none=True) for flag in quality.flags],
-                    )
+                job = session.get(Job, job_id)
+                if job is None:
+                    return
+                claim = claim_step(
+                    session,
+                    current_order(job),
+                    self._claim_owner,
+                    self._settings.distributed.lease_s,
+                    utc_now(),
+                    self._settings.jobs.max_attempts,
+                )
+            if claim.claim is not Claim.CLAIMED:
+                return  # another node runs it, or the job moved
+            keeper = ClaimKeeper(
+                self._sessions, job_id, self._claim_owner, self._settings.distributed.lease_s
+            )
+            with keeper.running():
+                if not self._run_one(job_id, progress.state, workspace):
+                    return
+
+    def _run_one(self, job_id: int, state: JobState, workspace: Workspace) -> bool:
+        """Run the step of ``state``; True when the job moved on and its next step may run."""
+        if state is JobState.SENDING:
+            return self._send(job_id, workspace)
+        started = time.perf_counter()
+        try:
+            outcome = self._run_state(job_id, state, workspace)
+        except Exception as exc:
+            if self._stop.is_set() and isinstance(exc, TRANSIENT_ERRORS):
+                return False  # the node is stopping: the step runs again at start
+            with self._sessions.begin() as session:
+                record_step_error(
+                    session, job_id, state, exc, time.perf_counter() - started, self._settings.jobs
+                )
+            return False
+        with self._sessions.begin() as session:
+            if state is JobState.RECEIVED:
+                if set(outcome.record["series_ids"]) != job_series_ids(session, job_id):
+                    return True  # a late series was attached while the inputs were gathered: again
                 moved = advance_job(
                     session,
                     job_id,
@@ -210,23 +227,18 @@ class JobRunner:
                     {"step": state.value, "record": outcome.record},
                     outcome.duration_s,
                 )
-            if not moved:  # cancelled (or retried) while the step ran: its outputs are discarded
-                log.info("job moved during step", extra={"job_id": job_id, "step": state.value})
-                return
-            log.info(
-                "step finished",
-                extra={
-                    "job_id": job_id,
-                    "step": state.value,
-                    "duration_s": round(outcome.duration_s, 3),
-                },
-            )
+                if not moved:
+                    log.info("job moved during step", extra={"job_id": job_id, "step": state.value})
+                return moved
+            return record_step_result(session, job_id, state, workspace, outcome)
 
-    def _run_state(self, job_id: int, state: JobState, workspace: Workspace) -> _StepOutcome:
+    def _run_state(self, job_id: int, state: JobState, workspace: Workspace) -> StepOutcome:
         if state is JobState.RECEIVED:
             started = time.perf_counter()
             record = self._gather_inputs(job_id, workspace)
-            return _StepOutcome(record, time.perf_counter() - started)
+            return StepOutcome(record, time.perf_counter() - started)
+        if self._pool is None:  # pragma: no cover - the distributed runner runs node states only
+            raise RuntimeError(f"{state.value} runs on the workers, not in the node")
         # One inference at a time on the node's device; the wait for it is not the step's time.
         slot = self._inference_lock if state is JobState.INFERRING else contextlib.nullcontext()
         with slot, log_context(job_id=job_id, step=state.value):  # the pool carries it to the step
@@ -238,7 +250,7 @@ class JobRunner:
                 workspace.root,
                 self._step_settings,
             )
-        return _StepOutcome(record, time.perf_counter() - started)
+        return StepOutcome(record, time.perf_counter() - started)
 
     def _gather_inputs(self, job_id: int, workspace: Workspace) -> dict[str, Any]:
         """The job's series and their stored files, written where the steps read them."""
@@ -292,45 +304,3 @@ class JobRunner:
         if not self._settings.jobs.keep_intermediates:
             freed = workspace.prune_intermediates()
             log.info("job folder pruned", extra={"freed_mb": round(freed / 2**20, 1)})
-
-    def _fail(self, job_id: int, state: JobState, error: str, duration_s: float) -> None:
-        log.warning("job failed", extra={"job_id": job_id, "step": state.value})
-        with self._sessions.begin() as session:
-            fail_job(session, job_id, state, error, duration_s)
-
-    def _not_applicable(
-        self, job_id: int, state: JobState, exc: SequencesMissingError, duration_s: float
-    ) -> None:
-        log.info(
-            "job not applicable",
-            extra={"job_id": job_id, "step": state.value, "missing": exc.missing},
-        )
-        with self._sessions.begin() as session:
-            conclude_not_applicable(
-                session,
-                job_id,
-                state,
-                f"not applicable: {exc}",
-                {"missing": list(exc.missing), "series": list(exc.series)},
-                duration_s,
-            )
-
-    def _transient(
-        self, job_id: int, state: JobState, exc: BaseException, duration_s: float
-    ) -> None:
-        error = f"{state.value}: {type(exc).__name__}: {exc}"
-        jobs = self._settings.jobs
-        with self._sessions.begin() as session:
-            progress = job_progress(session, job_id)
-            if progress is None:
-                return
-            attempts = progress.step_attempt + 1
-            if attempts >= jobs.max_attempts:
-                fail_job(session, job_id, state, f"{error} (after {attempts} attempts)", duration_s)
-                return
-            delay = backoff_delay_s(attempts, jobs.initial_backoff_s, jobs.max_backoff_s)
-            retry_at: datetime = utc_now() + timedelta(seconds=delay)
-            postpone_step(session, job_id, state, error, retry_at, duration_s)
-        log.warning(
-            "step postponed", extra={"job_id": job_id, "step": state.value, "delay_s": delay}
-        )

@@ -90,8 +90,20 @@ def test_default_file_is_valid_toml_with_documented_sections() -> None:
     data = tomllib.loads(DEFAULT_CONFIG_PATH.read_text())
     assert set(data) == {
         "listener", "storage", "completion", "routing", "selection", "preprocessing", "model",
-        "result_series", "quality", "delivery", "jobs", "web", "logging",
+        "result_series", "quality", "delivery", "jobs", "web", "distributed", "logging",
     }
+
+
+def test_celery_executor_refuses_sqlite_naming_the_reason(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text('[jobs]\nexecutor = "celery"\n')
+    with pytest.raises(ConfigError, match='jobs.executor = "celery" needs PostgreSQL'):
+        load_settings(path)
+    path.write_text(
+        '[jobs]\nexecutor = "celery"\n[storage]\n'
+        'database_url = "postgresql+psycopg://segnode@db.example/segnode"\n'
+    )
+    assert load_settings(path).jobs.executor == "celery"
 
 
 def test_destination_without_address_names_the_destination(tmp_path: Path) -> None:
