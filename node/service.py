@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -37,6 +39,9 @@ from segnode.storage.events import record_node_event
 from segnode.storage.filestore import FileStore
 from segnode.storage.reconcile import reconcile_storage
 
+if TYPE_CHECKING:
+    from segnode.node.distributed.dispatcher import StepDispatcher
+
 log = logging.getLogger(__name__)
 
 
@@ -54,6 +59,8 @@ class Node:
     runner: JobRunner
     web: WebServer | None = None
     """The dashboard and REST API (``[web] enabled``), in its own thread."""
+    dispatcher: StepDispatcher | None = None
+    """Publishes pipeline steps to Celery workers (``jobs.executor = "celery"``)."""
     _stopped: bool = field(default=False, init=False, repr=False)
 
     def stop(self) -> None:
@@ -76,6 +83,8 @@ class Node:
             log.info("associations ended by the stop", extra={"associations_interrupted": cut_off})
         self.receiver.close()
         self.monitor.stop()
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
         self.runner.stop()
         self.engine.dispose()
         log.info("node stopped")
@@ -106,9 +115,27 @@ def start_node(settings: Settings) -> Node:
         if any(recovery.values()):
             record_node_event(session, "restart_recovery", recovery)
     log.info("node starting", extra=recovery)
-    runner = JobRunner(settings, sessions, store)
+    dispatcher = None
+    if settings.jobs.executor == "celery":
+        # The node's own steps run here under a claim named after this machine (a restarted
+        # node resumes its claims at once); the pipeline's steps go to the workers.
+        # Imported here: the embedded default never loads Celery.
+        from segnode.node.distributed.dispatcher import StepDispatcher
+        from segnode.node.distributed.shared_dir import write_marker
+
+        write_marker(store.data_dir)
+        runner = JobRunner(settings, sessions, store, claim_owner=f"node@{socket.gethostname()}")
+        dispatcher = StepDispatcher(settings, sessions)
+    else:
+        runner = JobRunner(settings, sessions, store)
+
+    def on_job() -> None:
+        runner.wake()
+        if dispatcher is not None:
+            dispatcher.wake()
+
     monitor = CompletionMonitor(
-        settings.completion, settings.routing, sessions, settings.selection, on_job=runner.wake
+        settings.completion, settings.routing, sessions, settings.selection, on_job=on_job
     )
     receiver = InstanceReceiver(
         store,
@@ -123,6 +150,8 @@ def start_node(settings: Settings) -> Node:
     monitor.start()
     if settings.jobs.enabled:
         runner.start()  # resumes every unfinished job at the step that had not finished
+        if dispatcher is not None:
+            dispatcher.start()
     scp.start()
     web = None
     if settings.web.enabled:
@@ -138,9 +167,11 @@ def start_node(settings: Settings) -> Node:
         except Exception:
             scp.stop()
             monitor.stop()
+            if dispatcher is not None:
+                dispatcher.stop()
             runner.stop()
             raise
-    return Node(settings, engine, sessions, store, scp, receiver, monitor, runner, web)
+    return Node(settings, engine, sessions, store, scp, receiver, monitor, runner, web, dispatcher)
 
 
 def serve_forever(settings: Settings) -> None:

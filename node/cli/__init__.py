@@ -26,12 +26,13 @@ from segnode.node.cli import (
     studies,
     train,
     users,
+    worker,
 )
 
 app = typer.Typer(no_args_is_help=True, help="segnode: DICOM brain-tumour segmentation node.")
 
 for _module in (
-    serve, config, db, users, rules, inspect, studies, jobs, run, train, predict, evaluate, models, cv,
+    serve, worker, config, db, users, rules, inspect, studies, jobs, run, train, predict, evaluate, models, cv,
 ):
     _module.register(app)
 

@@ -69,9 +69,11 @@ from segnode.storage.step_claims import Claim, claim_step, current_order
 log = logging.getLogger(__name__)
 
 
-def job_workspace(store: FileStore, job_id: int) -> Workspace:
-    """The job's folder under the data directory, where its steps read and write."""
-    return Workspace(store.data_dir / "jobs" / str(job_id))
+def job_workspace(store: FileStore | Path, job_id: int) -> Workspace:
+    """The job's folder under the data directory (a store's, or a worker's shared one),
+    where its steps read and write."""
+    data_dir = store if isinstance(store, Path) else store.data_dir
+    return Workspace(data_dir / "jobs" / str(job_id))
 
 
 #: The states whose step runs in the node's process whatever the executor: they need the

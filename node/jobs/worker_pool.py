@@ -48,7 +48,7 @@ R = TypeVar("R")
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Runs first in every worker: the kernel kills it when the node process dies.
 
     Without this a worker outlives a kill -9 of the node and goes on writing into the job
@@ -67,7 +67,7 @@ def _start_worker(log_level: str, log_format: str) -> None:
     as raw text. The same setup as ``segnode serve`` makes them JSON, with
     third-party text withheld.
     """
-    _die_with_parent()
+    die_with_parent()
     configure_logging(log_level, log_format)
 
 
