@@ -23,7 +23,8 @@ from segnode.pipeline.model.catalog import node_catalog
 from segnode.pipeline.model.errors import ModelError
 from segnode.storage.database import read_only_session
 from segnode.storage.job_states import ACTIVE
-from segnode.storage.models import Job, QuarantinedInstance, Study, StudyState
+from segnode.storage.models import Job, QuarantinedInstance, Study, StudyState, utc_now
+from segnode.storage.workers import WorkerHealth, worker_health
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,10 @@ class NodeStatus:
     jobs_queued: int
     quarantined: int
     workers: dict[str, Any]
+    """The local worker pool (embedded executor); ``workers: 0`` with the distributed one."""
+    executor: str
+    remote_workers: list[dict[str, Any]]
+    """``segnode worker`` processes and their heartbeat state (distributed executor)."""
     jobs_enabled: bool
     model: str
     backend: str
@@ -88,6 +93,27 @@ def readiness(settings: Settings, sessions: sessionmaker[Session], probe: NodePr
     checks.append(Check("disk", free > floor, f"{free:,.0f} MB free, floor {floor:,} MB"))
     checks.append(model_check(settings))
     return checks
+
+
+def remote_workers(settings: Settings, sessions: sessionmaker[Session]) -> list[WorkerHealth]:
+    with read_only_session(sessions) as session:
+        return worker_health(session, utc_now(), settings.distributed.heartbeat_s)
+
+
+def workers_check(settings: Settings, sessions: sessionmaker[Session]) -> Check:
+    """Distributed executor: some alive worker serves each resource (cpu and gpu), else a
+    step of that kind would wait in the broker for nobody."""
+    try:
+        alive = [worker for worker in remote_workers(settings, sessions) if worker.state == "alive"]
+    except SQLAlchemyError as exc:
+        return Check("workers", False, f"{type(exc).__name__}: {exc}"[:300])
+    served = {queue for worker in alive for queue in worker.queues}
+    missing = [resource for resource in ("cpu", "gpu") if resource not in served]
+    if missing:
+        return Check(
+            "workers", False, f"no alive worker serves {' or '.join(missing)} ({len(alive)} alive)"
+        )
+    return Check("workers", True, f"{len(alive)} alive: " + ", ".join(w.name for w in alive))
 
 
 def model_check(settings: Settings) -> Check:
@@ -128,9 +154,18 @@ def node_status(settings: Settings, sessions: sessionmaker[Session], probe: Node
         jobs_queued=sum(int(count) for state, count in by_state.items() if state in ACTIVE),
         quarantined=int(quarantined),
         workers=asdict(pool) if pool is not None else {"workers": 0, "warm_state": "unknown", "replacements": 0},
+        executor=settings.jobs.executor,
+        remote_workers=[
+            {**asdict(worker), "queues": list(worker.queues)}
+            for worker in remote_workers(settings, sessions)
+        ],
         jobs_enabled=settings.jobs.enabled,
         model=", ".join([settings.model.default, *settings.model.ensemble]),
         backend=str(settings.model.backend),
-        checks=readiness(settings, sessions, probe),
+        # Worker health is shown with the checks but is not part of /ready: a node whose GPU
+        # worker is away still takes studies (their jobs wait), and a load balancer must not
+        # turn senders away for it.
+        checks=readiness(settings, sessions, probe)
+        + ([workers_check(settings, sessions)] if settings.jobs.executor == "celery" else []),
     )
 

@@ -7,6 +7,7 @@ service layer and returns its rows' ``to_json``; the service layer's refusals be
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
@@ -18,7 +19,7 @@ from segnode.node.admin import audit as audit_log
 from segnode.node.admin.actors import Actor
 from segnode.node.admin.errors import InvalidInputError
 from segnode.node.admin.rules import StudyReport, group_headers
-from segnode.node.admin.status import node_status
+from segnode.node.admin.status import node_status, remote_workers
 from segnode.node.web.context import WebContext
 from segnode.node.web.preview import preview_file, preview_index
 from segnode.node.web.security import authenticate, web_context
@@ -62,6 +63,15 @@ class NewToken(BaseModel):
 @router.get("/status")
 def get_status(actor: Who, ctx: Ctx) -> dict[str, Any]:
     return node_status(ctx.settings, ctx.sessions, ctx.probe).to_json()
+
+
+@router.get("/workers")
+def get_workers(actor: Who, ctx: Ctx) -> list[dict[str, Any]]:
+    """``segnode worker`` processes with their heartbeat state (empty with the embedded executor)."""
+    return [
+        {**asdict(worker), "queues": list(worker.queues)}
+        for worker in remote_workers(ctx.settings, ctx.sessions)
+    ]
 
 
 @router.get("/studies")

@@ -34,7 +34,9 @@ from segnode.storage.models import (
     JobDelivery,
     JobEvent,
     QuarantinedInstance,
+    utc_now,
 )
+from segnode.storage.workers import worker_health
 
 STEP_BUCKETS_S = (0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
 #: The event that ends a step is the state it moved the job to: event kind -> the step's state.
@@ -58,6 +60,8 @@ class DatabaseCollector(Collector):
             yield from self._jobs(session)
             yield from self._steps(session)
             yield from self._deliveries(session)
+            if self._ctx.settings.jobs.executor == "celery":
+                yield from self._workers(session)
         disk = GaugeMetricFamily("segnode_disk_free_bytes", "Free space on the data folder's filesystem")
         disk.add_metric([], disk_free_mb(self._ctx.settings) * 2**20)
         yield disk
@@ -68,6 +72,22 @@ class DatabaseCollector(Collector):
         probe = self._ctx.probe
         up.add_metric([], 1.0 if probe is not None and probe.listener_bound() else 0.0)
         yield up
+
+    def _workers(self, session: Session) -> Iterator[Metric]:
+        health = worker_health(session, utc_now(), self._ctx.settings.distributed.heartbeat_s)
+        by_state = GaugeMetricFamily(
+            "segnode_workers", "segnode worker processes by heartbeat state", labels=["state"]
+        )
+        for state in ("alive", "lost", "stopped"):
+            by_state.add_metric([state], sum(1 for worker in health if worker.state == state))
+        yield by_state
+        steps = CounterMetricFamily(
+            "segnode_worker_steps", "Steps each worker recorded", labels=["worker", "outcome"]
+        )
+        for worker in health:
+            steps.add_metric([worker.name, "done"], worker.steps_done)
+            steps.add_metric([worker.name, "failed"], worker.steps_failed)
+        yield steps
 
     def _instances(self, session: Session) -> Iterator[Metric]:
         received = CounterMetricFamily("segnode_instances_received", "Instances stored")
