@@ -98,6 +98,10 @@ class ListenerSettings(Section):
     """Once a PDU's first byte arrives, the whole PDU must arrive within this many seconds."""
     max_instance_mb: Annotated[int, Field(ge=1)] = 512
     """Largest dataset accepted per C-STORE (after inflating a deflated transfer syntax)."""
+    processes: Annotated[int, Field(ge=1, le=32)] = 1
+    """Listener processes sharing the port (``SO_REUSEPORT``): the kernel spreads
+    associations over them, so parsing and storing use more than one core. The limits above
+    (associations, connections per address, pending connections) hold per process."""
     tls: ListenerTls = ListenerTls()
 
     @property

@@ -30,6 +30,7 @@ from segnode.node.admin.status import NodeProbe
 from segnode.node.completion.monitor import CompletionMonitor
 from segnode.node.completion.routing import rule_keywords
 from segnode.node.jobs.runner import JobRunner
+from segnode.node.receiving.listener_processes import ListenerProcesses
 from segnode.node.receiving.receiver import InstanceReceiver
 from segnode.node.receiving.scp import StorageSCP
 from segnode.node.web.server import WebServer
@@ -61,6 +62,8 @@ class Node:
     """The dashboard and REST API (``[web] enabled``), in its own thread."""
     dispatcher: StepDispatcher | None = None
     """Publishes pipeline steps to Celery workers (``jobs.executor = "celery"``)."""
+    listeners: ListenerProcesses | None = None
+    """The extra listener processes on the same port (``listener.processes`` > 1)."""
     _stopped: bool = field(default=False, init=False, repr=False)
 
     def stop(self) -> None:
@@ -74,6 +77,8 @@ class Node:
         if self.web is not None:
             self.web.stop()
         self.scp.stop()
+        if self.listeners is not None:
+            self.listeners.stop()
         # The listener aborted what was still open; its close handlers may run
         # late or not at all, so the rows are ended here (a late handler finds
         # them ended and changes nothing).
@@ -144,8 +149,14 @@ def start_node(settings: Settings) -> Node:
         extra_keywords=rule_keywords(settings.routing),
         max_dataset_bytes=settings.listener.max_instance_mb * 1024 * 1024,
     )
+    several = settings.listener.processes > 1
     scp = StorageSCP(
-        settings.listener, settings.peers, receiver, sessions, on_association_closed=monitor.wake
+        settings.listener,
+        settings.peers,
+        receiver,
+        sessions,
+        on_association_closed=monitor.wake,
+        reuse_port=several,
     )
     monitor.start()
     if settings.jobs.enabled:
@@ -153,6 +164,10 @@ def start_node(settings: Settings) -> Node:
         if dispatcher is not None:
             dispatcher.start()
     scp.start()
+    listeners = None
+    if several:
+        listeners = ListenerProcesses(settings, rule_keywords(settings.routing))
+        listeners.start()
     web = None
     if settings.web.enabled:
         first_admin = ensure_first_admin(sessions, settings.storage.data_dir)
@@ -166,12 +181,16 @@ def start_node(settings: Settings) -> Node:
             web.start()
         except Exception:
             scp.stop()
+            if listeners is not None:
+                listeners.stop()
             monitor.stop()
             if dispatcher is not None:
                 dispatcher.stop()
             runner.stop()
             raise
-    return Node(settings, engine, sessions, store, scp, receiver, monitor, runner, web, dispatcher)
+    return Node(
+        settings, engine, sessions, store, scp, receiver, monitor, runner, web, dispatcher, listeners
+    )
 
 
 def serve_forever(settings: Settings) -> None:

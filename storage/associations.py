@@ -24,11 +24,17 @@ def record_association_opened(
     called_ae: str,
     peer_address: str,
     peer_port: int,
+    listener: str | None = None,
 ) -> None:
-    """Add the row of an association the listener just accepted (outcome ``open``)."""
+    """Add the row of an association the listener just accepted (outcome ``open``).
+
+    ``listener``: which listener process took it (``host:pid``), where several share a port
+    or several nodes share the database.
+    """
     session.add(
         Association(
             id=association_id,
+            listener=listener,
             calling_ae=calling_ae,
             called_ae=called_ae,
             peer_address=peer_address,

@@ -107,6 +107,8 @@ class Association(Base):
     outcome: Mapped[str] = mapped_column(String(16), default=AssociationOutcome.OPEN)
     instances_stored: Mapped[int] = mapped_column(Integer, default=0)
     instances_failed: Mapped[int] = mapped_column(Integer, default=0)
+    listener: Mapped[str | None] = mapped_column(String(200))
+    """The listener process that took the association, ``host:pid`` (NULL before 0007)."""
 
 
 class Study(Base):

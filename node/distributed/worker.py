@@ -28,7 +28,7 @@ from segnode.node.distributed.app import make_celery_app
 from segnode.node.distributed.shared_dir import SharedFolderError, check_marker
 from segnode.node.distributed.task import configure, register_step_task
 from segnode.node.errors import NodeError
-from segnode.node.jobs.worker_pool import die_with_parent
+from segnode.node.processes import die_with_parent
 from segnode.storage.database import make_session_factory, open_database
 from segnode.storage.models import utc_now
 from segnode.storage.workers import beat, register_worker, worker_stopped

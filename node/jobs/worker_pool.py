@@ -23,11 +23,8 @@ this does not follow: a handler the node adds at the Python level only (a replac
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import multiprocessing
-import signal
-import sys
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -38,25 +35,12 @@ from typing import Generic, ParamSpec, TypeVar
 from segnode.config.errors import TransientError
 from segnode.node.errors import NodeError
 from segnode.node.logs import configure_logging, current_log_context, log_context
+from segnode.node.processes import die_with_parent
 
 log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """Runs first in every worker: the kernel kills it when the node process dies.
-
-    Without this a worker outlives a kill -9 of the node and goes on writing into the job
-    folder while the restarted node runs the same step again.
-    """
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _start_worker(log_level: str, log_format: str) -> None:

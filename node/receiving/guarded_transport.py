@@ -384,8 +384,10 @@ class GuardedAssociationServer(ThreadedAssociationServer):
         evt_handlers: list[evt.EventHandlerType] | None = None,
         *,
         guard: ConnectionGuard,
+        reuse_port: bool = False,
     ) -> None:
         self.guard = guard
+        self.reuse_port = reuse_port
         # Ours first, so the listener's own handlers see the guard's decision.
         handlers: list[evt.EventHandlerType] = [
             (evt.EVT_REQUESTED, self._on_requested),
@@ -396,6 +398,13 @@ class GuardedAssociationServer(ThreadedAssociationServer):
             ae, address, ae_title, contexts, ssl_context, handlers,
             request_handler=GuardedRequestHandler,
         )
+
+    def server_bind(self) -> None:
+        """Bind; with ``reuse_port`` several listener processes share the port (``SO_REUSEPORT``:
+        the kernel spreads incoming connections over their sockets)."""
+        if self.reuse_port:
+            cast(socket.socket, self.socket).setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
     def serve(self) -> None:
         """The accept loop (run it in a thread); wakes often enough to sweep."""

@@ -17,6 +17,7 @@ associations only, checked here after the AE titles, with the transient
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import uuid
@@ -144,8 +145,10 @@ class StorageSCP:
         receiver: InstanceReceiver,
         sessions: sessionmaker[Session],
         on_association_closed: Callable[[], None] = lambda: None,
+        reuse_port: bool = False,
     ) -> None:
         self._listener = listener
+        self._reuse_port = reuse_port
         self._peers = peers
         self._receiver = receiver
         self._sessions = sessions
@@ -207,6 +210,7 @@ class StorageSCP:
             evt_handlers=handlers,
             server_class=GuardedAssociationServer,
             guard=self.guard,
+            reuse_port=self._reuse_port,
         )
         if not isinstance(server, GuardedAssociationServer):  # pragma: no cover - server_class
             raise TypeError(f"pynetdicom built a {type(server).__name__}")
@@ -307,6 +311,7 @@ class StorageSCP:
                 called_ae=state.called_ae,
                 peer_address=str(assoc.requestor.address),
                 peer_port=int(assoc.requestor.port),
+                listener=f"{socket.gethostname()}:{os.getpid()}",
             )
         log.info(
             "association accepted",

@@ -4,7 +4,9 @@
 that claim holds unless renewed (``storage/step_claims.py``); ``jobs.dispatch_due_at``:
 when the node publishes the step's message again if nobody has claimed it. ``workers``:
 one row per ``segnode worker`` with its heartbeat (the dashboard's and metrics' view of
-the workers). The embedded executor leaves all of them empty.
+the workers). The embedded executor leaves all of them empty. ``associations.listener``:
+which listener process (``host:pid``) took an association, now that several may share a
+port (``listener.processes``) or a database.
 
 Revision ID: 0007
 Revises: 0006
@@ -27,6 +29,8 @@ def upgrade() -> None:
         batch.add_column(sa.Column("step_owner", sa.String(length=200), nullable=True))
         batch.add_column(sa.Column("step_lease_until", sa.DateTime(), nullable=True))
         batch.add_column(sa.Column("dispatch_due_at", sa.DateTime(), nullable=True))
+    with op.batch_alter_table("associations") as batch:
+        batch.add_column(sa.Column("listener", sa.String(length=200), nullable=True))
     op.create_table(
         "workers",
         sa.Column("name", sa.String(length=200), nullable=False),
@@ -44,6 +48,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("workers")
+    with op.batch_alter_table("associations") as batch:
+        batch.drop_column("listener")
     with op.batch_alter_table("jobs") as batch:
         batch.drop_column("dispatch_due_at")
         batch.drop_column("step_lease_until")
