@@ -15,6 +15,12 @@ Target (issue 5): turnaround under 2 minutes after completion on 2 CPU cores.
 
 Run: .venv/bin/python bench/e2e.py [--tta | --no-tta] [--runs N] [--series-quiet S] [--study-quiet S]
      .venv/bin/python bench/e2e.py --defaults [--runs N]   (issue 13's measure, see main_defaults)
+     .venv/bin/python bench/e2e.py --workers 1,2 [--studies N] --postgres URL   (issue 15)
+
+``--workers``: the distributed executor (Celery on a private RabbitMQ, PostgreSQL) with
+1, then 2, ``segnode worker`` processes (concurrency 1 each); ``--studies`` patients' studies
+(the same images, new UIDs) are pushed from Orthanc at once and the time until the last
+job is done gives the throughput in studies per hour. TTA off, as in the tests.
 """
 
 from __future__ import annotations
@@ -190,7 +196,14 @@ def main() -> None:
     parser.add_argument("--extra-toml", default="",
                         help="with --defaults: TOML put before the destination, e.g. to switch a "
                              "default off for a before/after comparison")
+    parser.add_argument("--workers", default="", help="distributed throughput: e.g. 1,2")
+    parser.add_argument("--studies", type=int, default=2, help="with --workers: studies pushed at once")
+    parser.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+                        help="with --workers: the PostgreSQL to use (a fresh schema per run)")
     args = parser.parse_args()
+    if args.workers:
+        main_workers([int(v) for v in args.workers.split(",")], args.studies, args.postgres)
+        return
     if args.defaults:
         main_defaults(args.runs, args.extra_toml)
         return
@@ -201,6 +214,84 @@ def main() -> None:
         (("turnaround", "turnaround_s"), ("total", "total_s")),
         "turnaround = job created -> SEG acknowledged by Orthanc (target < 120 s on 2 cores)",
     )
+
+
+def run_workers(workers: int, studies: int, postgres_url: str) -> dict[str, float]:
+    """Seconds from the first push to the last job done, with ``workers`` Celery workers."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    from tests.broker import Broker
+    from tests.distributed.conftest import WorkerProcess, cluster_config
+    from tests.fixtures.dicom_study import PatientTags, build_tcga_study
+    from tests.helpers import NodeProcess, free_port, wait_for
+    from tests.orthanc import Orthanc
+
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = f"{postgres_url}?options=-csearch_path%3D{schema}"
+    broker = Broker().start()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        node_port = free_port()
+        orthanc = Orthanc(tmp / "orthanc", modalities={"segnode": ["SEGNODE", "127.0.0.1", node_port]}).start()
+        config = tmp / "cluster.toml"
+        config.write_text(cluster_config(url, broker.url, orthanc.dicom_port).replace(
+            'level = "INFO"', 'level = "WARNING"'))
+        data_dir = tmp / "data"
+        node = NodeProcess(config, data_dir, node_port, tmp / "node.log").start()
+        started: list[WorkerProcess] = []
+        engine = create_engine(url)
+        try:
+            for index in range(workers):
+                command = [sys.executable, "-m", "segnode.node.cli", "worker", "--config", str(config),
+                           "--data-dir", str(data_dir), "--name", f"w{index}"]
+                started.append(WorkerProcess(f"w{index}", command, tmp / f"w{index}.log").start())
+            ids = []
+            for number in range(studies):
+                built = build_tcga_study(tmp / f"study{number}", PatientTags(patient_id=f"BENCH{number}"),
+                                         study_key=f"bench{number}")
+                ids += orthanc.upload([p for s in built.values() for p in s.files])
+            first = time.perf_counter()
+            for orthanc_study in ids:
+                orthanc.post("/modalities/segnode/store", {"Resources": [orthanc_study], "Synchronous": True})
+
+            def all_done() -> bool | None:
+                with engine.connect() as connection:
+                    states = [row[0] for row in connection.execute(text("SELECT state FROM jobs"))]
+                if "failed" in states:
+                    raise RuntimeError(f"a job failed ({tmp}): {states}")
+                return True if states.count("done") == studies else None
+
+            wait_for(all_done, 1800, "every job done", interval_s=0.5)
+            elapsed = time.perf_counter() - first
+        finally:
+            engine.dispose()
+            for worker in started:
+                worker.stop()
+            node.stop()
+            orthanc.stop()
+            broker.remove()
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+            admin.dispose()
+    return {"seconds": elapsed, "per_hour": studies * 3600 / elapsed}
+
+
+def main_workers(counts: list[int], studies: int, postgres_url: str) -> None:
+    print(f"# segnode distributed throughput, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+    print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+          f"{studies} studies pushed at once, TTA off, Celery + RabbitMQ + PostgreSQL\n")
+    print(f"{'workers':>7} {'seconds':>9} {'studies/h':>10} {'speed-up':>9}")
+    first = None
+    for workers in counts:
+        figures = run_workers(workers, studies, postgres_url)
+        first = first or figures["seconds"]
+        print(f"{workers:>7} {figures['seconds']:>9.1f} {figures['per_hour']:>10.1f} "
+              f"{first / figures['seconds']:>8.2f}x", flush=True)
 
 
 def main_defaults(runs: int, extra_toml: str = "") -> None:

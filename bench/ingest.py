@@ -15,6 +15,11 @@ Receivers, each started fresh on an empty folder on the same disk:
 
 Run:  .venv/bin/python bench/ingest.py [--copies N]
 Prints instances/s and MB/s per receiver and the ratio node / storescp.
+
+Listener scale-out (issue 15): ``--processes 1,2,4`` runs only the node, with
+``listener.processes`` = each value (SO_REUSEPORT), on SQLite and, with
+``--postgres URL``, on PostgreSQL too (a fresh schema per run), and prints the
+speed-up over one process.
 """
 
 from __future__ import annotations
@@ -120,13 +125,19 @@ def run_storescp(folders: list[Path], workdir: Path, fork: bool) -> float:
         process.wait()
 
 
-def run_segnode(folders: list[Path], workdir: Path, fsync: bool) -> float:
-    data_dir = workdir / ("segnode" if fsync else "segnode_nofsync")
-    config = workdir / f"bench_{fsync}.toml"
+def run_segnode(
+    folders: list[Path], workdir: Path, fsync: bool, processes: int = 1, database_url: str = ""
+) -> float:
+    name = f"segnode_{'fsync' if fsync else 'nofsync'}_{processes}_{'pg' if database_url else 'sqlite'}"
+    data_dir = workdir / name
+    config = workdir / f"{name}.toml"
     config.write_text(
         "[storage]\nmin_free_disk_mb = 1\n"
         f"fsync = {'true' if fsync else 'false'}\n"
         f"sqlite_synchronous = '{'FULL' if fsync else 'NORMAL'}'\n"
+        f"database_url = '{database_url}'\n"
+        f"[listener]\nprocesses = {processes}\nmax_associations = 16\n"
+        "[jobs]\nenabled = false\n[web]\nenabled = false\n"
         "[logging]\nlevel = 'WARNING'\n"
     )
     port = free_port()
@@ -137,15 +148,43 @@ def run_segnode(folders: list[Path], workdir: Path, fsync: bool) -> float:
     )
     try:
         wait_for_port(port)
+        time.sleep(3 if processes > 1 else 0)  # serve returns once every listener is bound; margin
         return send_in_parallel(port, folders, "SEGNODE")
     finally:
         process.terminate()
         process.wait()
 
 
+def fresh_schema(postgres_url: str) -> str:
+    """A new schema on ``postgres_url`` and the URL that uses it."""
+    from sqlalchemy import create_engine, text
+
+    schema = f"bench_{generate_uid()[-12:].replace('.', '')}"
+    engine = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    engine.dispose()
+    return f"{postgres_url}?options=-csearch_path%3D{schema}"
+
+
+def scaling(folders: list[Path], workdir: Path, counts: list[int], postgres_url: str,
+            count: int, megabytes: float) -> None:
+    backends = [("SQLite", "")] + ([("PostgreSQL", postgres_url)] if postgres_url else [])
+    print(f"{'database':<12}{'processes':>10}{'seconds':>9}{'inst/s':>9}{'MB/s':>8}{'speed-up':>10}")
+    for label, url in backends:
+        first = None
+        for processes in counts:
+            seconds = run_segnode(folders, workdir, True, processes, fresh_schema(url) if url else "")
+            first = first or seconds
+            print(f"{label:<12}{processes:>10}{seconds:>9.2f}{count / seconds:>9.0f}"
+                  f"{megabytes / seconds:>8.1f}{first / seconds:>9.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--copies", type=int, default=2, help="copies of each source series per sender")
+    parser.add_argument("--processes", default="", help="listener scale-out only: e.g. 1,2,4")
+    parser.add_argument("--postgres", default="", help="with --processes: also on this PostgreSQL")
     args = parser.parse_args()
     if shutil.which("storescu") is None:
         sys.exit("DCMTK is not installed (apt-get install dcmtk)")
@@ -158,6 +197,10 @@ def main() -> None:
         print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
               f"Python {platform.python_version()}")
         print(f"# data: {count} instances, {megabytes:.1f} MB, 4 parallel storescu senders, TCP_NODELAY=1\n")
+        if args.processes:
+            counts = [int(value) for value in args.processes.split(",")]
+            scaling(folders, workdir, counts, args.postgres, count, megabytes)
+            return
         results = {
             "storescp": run_storescp(folders, workdir, fork=False),
             "storescp --fork": run_storescp(folders, workdir, fork=True),
