@@ -144,7 +144,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 TESTS = Path(__file__).resolve().parent
 
 #: Folders (under tests/) whose every test talks to real peers: Orthanc, DCMTK, TLS, kill -9.
-E2E_FOLDERS = frozenset({"integration", "distributed"})
+E2E_FOLDERS = frozenset({"integration", "distributed", "deploy"})
 
 #: Where a test runs the CPU pipeline, brain extraction, registration, training or inference
 #: for more than a few seconds, or builds the wheel: a test file (relative to tests/), one test

@@ -5,12 +5,31 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+import threading
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from segnode.node.cli import app
 from segnode.node.distributed.shared_dir import write_marker
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """``segnode worker`` sets up the process's logging (root at INFO to stderr, hooks), as a
+    command should; undone here so later in-process CLI tests see their own output only."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, warnings.showwarning, sys.excepthook,
+             threading.excepthook, sys.unraisablehook)
+    yield
+    root.handlers[:], level = saved[0], saved[1]
+    root.setLevel(level)
+    warnings.showwarning, sys.excepthook, threading.excepthook, sys.unraisablehook = saved[2:]
 
 
 def invoke(tmp_path: Path, toml: str, *args: str) -> tuple[int, str]:
