@@ -11,6 +11,7 @@ refuses SQLite as the node's does.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -30,11 +31,28 @@ HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
 def _run(*command: str, timeout_s: float = 1500) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+    if command[0] == "podman":
+        command = ("podman", "--runtime", "runc", *command[1:])
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout_s,
+        env={**os.environ, "CONTAINERS_CONF": str(_containers_conf())},
+    )
+
+
+def _containers_conf() -> Path:
+    """Podman settings for these machines (Firecracker VMs with hybrid cgroups):
+
+    runc, not crun (crun refuses hybrid cgroup hierarchies), and container rlimits below the
+    VM's (podman's defaults raise them, which the VM refuses).
+    """
+    conf = CACHE / "containers.conf"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    conf.write_text('[containers]\ndefault_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]\n')
+    return conf
 
 
 def _require_podman() -> None:
-    for tool in ("podman", "debootstrap"):
+    for tool in ("podman", "debootstrap", "runc"):
         if shutil.which(tool) is None:
             pytest.skip(f"{TOOL_MISSING}: {tool} is not installed; `scripts/test` installs it")
     probe = _run("podman", "info", timeout_s=60)
@@ -72,7 +90,7 @@ def image() -> str:
         command += ["-v", f"{LOCAL_WHEELS}:/wheels:ro", "--build-arg", "PIP_FIND_LINKS=/wheels"]
     if HOST_CA.is_file():  # this machine's CA bundle (its egress may re-sign TLS)
         command += ["-v", f"{HOST_CA}:/host-ca.crt:ro", "--build-arg", "PIP_CERT=/host-ca.crt"]
-    built = subprocess.run([*command, str(REPO_ROOT)], capture_output=True, text=True, timeout=1500)
+    built = _run(*command, str(REPO_ROOT))
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     return IMAGE
 
