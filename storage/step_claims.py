@@ -183,15 +183,6 @@ def holds_claim(session: Session, order: StepOrder, owner: str) -> bool:
     )
 
 
-def release_claim(session: Session, job_id: int, owner: str) -> None:
-    """Give the step back unfinished (the worker is stopping): it may be claimed at once."""
-    session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.step_owner == owner)
-        .values(step_owner=None, step_lease_until=None, dispatch_due_at=None)
-    )
-
-
 # -- the node's side: publishing each step ---------------------------------------------------
 
 

@@ -56,7 +56,7 @@ class NodeStatus:
     workers: dict[str, Any]
     """The local worker pool (embedded executor); ``workers: 0`` with the distributed one."""
     executor: str
-    remote_workers: list[dict[str, Any]]
+    remote_workers: list[WorkerHealth]
     """``segnode worker`` processes and their heartbeat state (distributed executor)."""
     jobs_enabled: bool
     model: str
@@ -100,13 +100,10 @@ def remote_workers(settings: Settings, sessions: sessionmaker[Session]) -> list[
         return worker_health(session, utc_now(), settings.distributed.heartbeat_s)
 
 
-def workers_check(settings: Settings, sessions: sessionmaker[Session]) -> Check:
+def workers_check(workers: list[WorkerHealth]) -> Check:
     """Distributed executor: some alive worker serves each resource (cpu and gpu), else a
     step of that kind would wait in the broker for nobody."""
-    try:
-        alive = [worker for worker in remote_workers(settings, sessions) if worker.state == "alive"]
-    except SQLAlchemyError as exc:
-        return Check("workers", False, f"{type(exc).__name__}: {exc}"[:300])
+    alive = [worker for worker in workers if worker.state == "alive"]
     served = {queue for worker in alive for queue in worker.queues}
     missing = [resource for resource in ("cpu", "gpu") if resource not in served]
     if missing:
@@ -142,6 +139,8 @@ def node_status(settings: Settings, sessions: sessionmaker[Session], probe: Node
         ).scalar_one()
         quarantined = session.execute(select(func.count(QuarantinedInstance.id))).scalar_one()
     pool = probe.workers() if probe is not None else None
+    distributed = settings.jobs.executor == "celery"
+    workers = remote_workers(settings, sessions) if distributed else []
     listener = settings.listener
     return NodeStatus(
         ae_titles=sorted(listener.called_ae_titles),
@@ -155,10 +154,7 @@ def node_status(settings: Settings, sessions: sessionmaker[Session], probe: Node
         quarantined=int(quarantined),
         workers=asdict(pool) if pool is not None else {"workers": 0, "warm_state": "unknown", "replacements": 0},
         executor=settings.jobs.executor,
-        remote_workers=[
-            {**asdict(worker), "queues": list(worker.queues)}
-            for worker in remote_workers(settings, sessions)
-        ],
+        remote_workers=workers,
         jobs_enabled=settings.jobs.enabled,
         model=", ".join([settings.model.default, *settings.model.ensemble]),
         backend=str(settings.model.backend),
@@ -166,6 +162,6 @@ def node_status(settings: Settings, sessions: sessionmaker[Session], probe: Node
         # worker is away still takes studies (their jobs wait), and a load balancer must not
         # turn senders away for it.
         checks=readiness(settings, sessions, probe)
-        + ([workers_check(settings, sessions)] if settings.jobs.executor == "celery" else []),
+        + ([workers_check(workers)] if distributed else []),
     )
 

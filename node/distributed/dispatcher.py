@@ -50,8 +50,6 @@ class StepDispatcher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="step-dispatcher", daemon=True)
-        self.published = 0
-        """Messages published since the start (tests, the dashboard)."""
 
     def start(self) -> None:
         self._thread.start()
@@ -109,7 +107,6 @@ class StepDispatcher:
                     "retry_s": distributed.retry_publish_s,
                 },
             )
-        self.published += published
         return published
 
     def _publish(self, order: StepOrder, connection: object) -> None:

@@ -49,7 +49,7 @@ class StepOutcome:
 def record_step_result(
     session: Session, job_id: int, state: JobState, workspace: Workspace, outcome: StepOutcome
 ) -> bool:
-    """Record a finished worker step and move the job on; False if it moved meanwhile.
+    """Record a finished step and move the job on; False if it moved meanwhile.
 
     The inferring step's models and the writing step's quality verdict go on the job row
     in the same transaction as the move, read from the files the step left.

@@ -49,7 +49,6 @@ from segnode.pipeline.workspace import Inputs, Workspace
 from segnode.storage.filestore import FileStore
 from segnode.storage.job_states import (
     ACTIVE,
-    NEXT_STATE,
     STEP_FOR_STATE,
     TRANSIENT_ERRORS,
     JobState,
@@ -69,10 +68,9 @@ from segnode.storage.step_claims import Claim, claim_step, current_order
 log = logging.getLogger(__name__)
 
 
-def job_workspace(store: FileStore | Path, job_id: int) -> Workspace:
-    """The job's folder under the data directory (a store's, or a worker's shared one),
-    where its steps read and write."""
-    data_dir = store if isinstance(store, Path) else store.data_dir
+def job_workspace(data_dir: Path, job_id: int) -> Workspace:
+    """The job's folder under the data directory (the node's, or a worker's view of the
+    shared one), where its steps read and write."""
     return Workspace(data_dir / "jobs" / str(job_id))
 
 
@@ -171,7 +169,7 @@ class JobRunner:
     def run_job(self, job_id: int) -> None:
         """Run the job's steps until it finishes, fails, waits for a retry or is cancelled
         (or, with the distributed executor, reaches a step that workers run)."""
-        workspace = job_workspace(self._store, job_id)
+        workspace = job_workspace(self._store.data_dir, job_id)
         while not self._stop.is_set():
             with self._sessions() as session:
                 progress = job_progress(session, job_id)
@@ -218,20 +216,10 @@ class JobRunner:
                 )
             return False
         with self._sessions.begin() as session:
-            if state is JobState.RECEIVED:
-                if set(outcome.record["series_ids"]) != job_series_ids(session, job_id):
-                    return True  # a late series was attached while the inputs were gathered: again
-                moved = advance_job(
-                    session,
-                    job_id,
-                    state,
-                    NEXT_STATE[state],
-                    {"step": state.value, "record": outcome.record},
-                    outcome.duration_s,
-                )
-                if not moved:
-                    log.info("job moved during step", extra={"job_id": job_id, "step": state.value})
-                return moved
+            if state is JobState.RECEIVED and set(outcome.record["series_ids"]) != job_series_ids(
+                session, job_id
+            ):
+                return True  # a late series was attached while the inputs were gathered: again
             return record_step_result(session, job_id, state, workspace, outcome)
 
     def _run_state(self, job_id: int, state: JobState, workspace: Workspace) -> StepOutcome:

@@ -112,9 +112,6 @@ class ListenerProcesses:
                         f"listener process {index} did not start (exit code {process.exitcode})"
                     )
 
-    def alive(self) -> int:
-        return sum(1 for process in self._processes if process.is_alive())
-
     def stop(self) -> None:
         """SIGTERM each (they abort their associations), then wait; kill what hangs."""
         for process in self._processes:

@@ -68,10 +68,7 @@ def get_status(actor: Who, ctx: Ctx) -> dict[str, Any]:
 @router.get("/workers")
 def get_workers(actor: Who, ctx: Ctx) -> list[dict[str, Any]]:
     """``segnode worker`` processes with their heartbeat state (empty with the embedded executor)."""
-    return [
-        {**asdict(worker), "queues": list(worker.queues)}
-        for worker in remote_workers(ctx.settings, ctx.sessions)
-    ]
+    return [asdict(worker) for worker in remote_workers(ctx.settings, ctx.sessions)]
 
 
 @router.get("/studies")

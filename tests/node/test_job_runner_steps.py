@@ -108,7 +108,7 @@ def test_a_job_runs_every_step_in_the_machines_order_to_done(
     assert job.state is JobState.DONE
     assert kinds == ["created", "selecting", "converting", "preprocessing", "inferring", "writing", "sending", "done"]
     assert (job.model_id, job.model_sha256) == ("segnode-a+segnode-b", "a" * 64)
-    inputs = job_workspace(runner._store, job_id).read_inputs()
+    inputs = job_workspace(runner._store.data_dir, job_id).read_inputs()
     assert inputs.study_instance_uid == "1.2.3"
     [series] = inputs.series
     assert series.series_instance_uid == "1.2.3.1"

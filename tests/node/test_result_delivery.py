@@ -56,7 +56,7 @@ def sending_job(settings: Settings, files: list[Path]) -> tuple[JobRunner, int]:
         job = create_job(session, study_id=study.id, trigger="test", routing_rule=None, series_ids=[], detail={})
         job.state = JobState.SENDING.value
         job_id = job.id
-    job_workspace(store, job_id).write_results(
+    job_workspace(store.data_dir, job_id).write_results(
         Results(
             objects=tuple(written_object(path) for path in files),
             volumes=RegionVolumes(voxel_volume_mm3=1.0, regions={}),
